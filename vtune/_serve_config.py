@@ -90,17 +90,17 @@ class ServeConfig:
     @property
     def tp(self) -> int:
         """Tensor-parallel size with vLLM's default applied."""
-        return self.tensor_parallel_size or 1
+        return 1 if self.tensor_parallel_size is None else self.tensor_parallel_size
 
     @property
     def pp(self) -> int:
         """Pipeline-parallel size with vLLM's default applied."""
-        return self.pipeline_parallel_size or 1
+        return 1 if self.pipeline_parallel_size is None else self.pipeline_parallel_size
 
     @property
     def dp(self) -> int:
         """Data-parallel size with vLLM's default applied."""
-        return self.data_parallel_size or 1
+        return 1 if self.data_parallel_size is None else self.data_parallel_size
 
     @property
     def world_size(self) -> int:

@@ -1,0 +1,819 @@
+"""The analytical memory model: what vLLM will compute at startup, term by term.
+
+It mirrors the V1 GPU worker (``vllm/v1/worker/gpu_worker.py``
+``determine_available_memory``) and the KV cache sizing of
+``vllm/v1/core/kv_cache_utils.py``:
+
+* requested = ceil(total GPU memory x gpu_memory_utilization)
+  (``vllm/v1/worker/utils.py`` ``request_memory``);
+* non-KV = weights + peak activation of the profile run + non-torch memory
+  (+ the CUDA-graph memory estimate, reserved since vLLM 0.21 when
+  ``VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS`` is on, its default);
+* KV cache bytes = requested - non-KV, per GPU;
+* blocks = KV bytes // page size // layers per KV group (``get_num_blocks``), the
+  smallest pipeline stage bounding every stage;
+* max concurrency = blocks / blocks one max_model_len request needs
+  (``get_max_concurrency_for_kv_cache_config``) and the reported "KV cache size"
+  in tokens = int(concurrency x max_model_len) (``get_kv_cache_capacity``);
+* the engine refuses to start unless one max_model_len request fits
+  (``_check_enough_kv_cache_memory``).
+
+Weights, page sizes and the KV grouping of hybrid (sliding-window + full)
+models are computed exactly from the architecture. The three terms vLLM
+*measures* (activation peak, non-torch memory, CUDA-graph memory) are modelled
+by formulas whose constants are listed in :class:`GpuConstants` with where each
+came from; :class:`Calibration` rescales them from what a real engine reported
+(see :meth:`Calibration.observe`).
+
+On the CPU engine the KV cache is what ``VLLM_CPU_KVCACHE_SPACE`` (GiB) or
+``--kv-cache-memory-bytes`` sets, block size 128, and no activation term is
+charged against it (``vllm/v1/worker/cpu_worker.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from vtune._errors import VtuneError
+from vtune._model_shape import ModelShape, QuantShape, quant_from_method
+from vtune._serve_config import ServeConfig
+
+__all__ = [
+    "GPU_CATALOG",
+    "Calibration",
+    "Gpu",
+    "GpuConstants",
+    "MemoryEstimate",
+    "estimate_memory",
+    "kv_capacity",
+    "resolve_gpu",
+    "valid_layouts",
+]
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+#: Total memory per GPU as ``torch.cuda.mem_get_info`` / ``total_memory`` reports
+#: it (GiB). H100-80GB 79.19 is the figure the task gives and vLLM logs
+#: ("Free memory on device (78.66/79.18 GiB)"); the others are the usual values
+#: of ``nvidia-smi`` memory.total (MiB) / 1024 minus the driver reservation that
+#: torch does not see, rounded as vLLM prints them.
+GPU_CATALOG: dict[str, float] = {
+    "H100-80GB": 79.19,
+    "H100-94GB": 93.09,
+    "H200": 139.81,
+    "A100-40GB": 39.39,
+    "A100-80GB": 79.15,
+    "L40S": 44.39,
+    "L4": 22.05,
+    "A10G": 21.98,
+    "RTX-4090": 23.64,
+    "B200": 178.35,
+}
+
+_ALIASES = {
+    "H100": "H100-80GB",
+    "H100-SXM": "H100-80GB",
+    "H100-PCIE": "H100-80GB",
+    "H100-NVL": "H100-94GB",
+    "H200-141GB": "H200",
+    "A100": "A100-80GB",
+    "4090": "RTX-4090",
+}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU model: its name and its total memory as torch reports it."""
+
+    name: str
+    memory_gib: float
+
+    @property
+    def memory_bytes(self) -> int:
+        """Total memory in bytes."""
+        return int(self.memory_gib * GIB)
+
+
+def resolve_gpu(name: str | None = None, memory_gib: float | None = None) -> Gpu:
+    """Finds a GPU in :data:`GPU_CATALOG` or builds one from a memory size.
+
+    Args:
+        name: Catalog name (case-insensitive; ``NVIDIA H100 80GB HBM3`` style
+            device names are matched too).
+        memory_gib: Total memory, overriding the catalog.
+
+    Raises:
+        VtuneError: Unknown name, or a non-positive size.
+    """
+    if memory_gib is not None:
+        if memory_gib <= 0:
+            raise VtuneError(f"--gpu-memory-gib must be > 0, got {memory_gib}")
+        return Gpu(name or f"{memory_gib:g}GiB", float(memory_gib))
+    if not name:
+        return Gpu("H100-80GB", GPU_CATALOG["H100-80GB"])
+    key = _match_gpu_name(name)
+    if key is None:
+        raise VtuneError(
+            f"--gpu {name}: unknown GPU; use one of {', '.join(GPU_CATALOG)} or give --gpu-memory-gib"
+        )
+    return Gpu(key, GPU_CATALOG[key])
+
+
+def _match_gpu_name(name: str) -> str | None:
+    norm = name.upper().replace("NVIDIA", "").replace("GEFORCE", "").replace(" ", "-").strip("-")
+    for key in GPU_CATALOG:
+        if norm == key.upper():
+            return key
+    if norm in _ALIASES:
+        return _ALIASES[norm]
+    # Device names as NVML reports them: "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB".
+    for key in sorted(GPU_CATALOG, key=len, reverse=True):
+        family, _, size = key.partition("-")
+        if family in norm and (not size or size in norm):
+            return key
+    return None
+
+
+@dataclass(frozen=True)
+class GpuConstants:
+    """Constants of the modelled (measured-by-vLLM) terms, with their sources.
+
+    Attributes:
+        hidden_copies: Residual-width tensors alive per token at the forward
+            peak (residual, normed input, attention output, o_proj output):
+            counted from the decoder layer's dataflow.
+        mlp_copies: Multiple of the gate_up output alive at the MLP peak: the
+            gate_up output (2I) plus the activation output (I) = 1.5 x 2I.
+        logit_bytes: Bytes per logit at the sampler peak of the profile run
+            (bf16 logits 2 + fp32 copy 4 + fp32 softmax work 3). Fitted to the
+            H100 8B log (1.1 GiB peak activation at 1024 seqs x 128,256 vocab).
+        non_torch_gib: Non-torch memory of one GPU worker (cuBLAS workspace,
+            allocator slack): 0.22 GiB seen on H100 with vLLM 0.26.
+        non_torch_comm_gib: Extra non-torch memory when TP/PP > 1 (NCCL
+            buffers, custom all-reduce IPC buffers), per GPU.
+        graph_bytes_per_layer: CUDA-graph memory per captured size per layer
+            (graph objects and their private pool fragments); with 67 sizes x
+            32 layers it gives ~0.98 GiB for the H100 8B run.
+        cudagraph_reserved_fraction: Part of the CUDA-graph memory taken out of
+            the KV cache before it is sized. vLLM >= 0.21 subtracts its profiled
+            estimate, yet the H100 8B log of vLLM 0.26 shows KV = requested -
+            weights - activation - non-torch to 0.01 GiB (75.22 - 15.0 - 1.1 -
+            0.22 = 58.90 vs 58.89), so the estimate applied there was ~0.
+            Calibration learns the real figure from each start's residual.
+    """
+
+    hidden_copies: float = 4.0
+    mlp_copies: float = 1.5
+    logit_bytes: float = 9.0
+    non_torch_gib: float = 0.22
+    non_torch_comm_gib: float = 0.40
+    graph_bytes_per_layer: float = 0.468 * MIB
+    cudagraph_reserved_fraction: float = 0.0
+
+
+DEFAULT_CONSTANTS = GpuConstants()
+
+
+@dataclass
+class Calibration:
+    """Corrections fitted from real engine starts.
+
+    Each scale multiplies the model's prediction of one term; ``observe``
+    updates them from a startup log's numbers (a running mean of the observed
+    to predicted ratios, so later predictions for other configurations of the
+    same model and GPU inherit the correction).
+
+    Attributes:
+        weights_scale: Observed / predicted weight memory.
+        activation_scale: Observed / predicted peak activation.
+        non_torch_scale: Observed / predicted non-torch memory.
+        cudagraph_scale: Observed / predicted CUDA-graph memory.
+        cudagraph_reserved_ratio: Share of the (uncalibrated) CUDA-graph
+            estimate that the engine took out of the KV cache, learned from
+            requested - weights - activation - non-torch - reported KV; None
+            until observed (then :attr:`GpuConstants.cudagraph_reserved_fraction`).
+        observations: Engine starts folded in.
+    """
+
+    weights_scale: float = 1.0
+    activation_scale: float = 1.0
+    non_torch_scale: float = 1.0
+    cudagraph_scale: float = 1.0
+    cudagraph_reserved_ratio: float | None = None
+    observations: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """Inverse of :meth:`to_dict` (unknown keys ignored)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def observe(self, predicted: MemoryEstimate, observed: dict[str, Any]) -> Calibration:
+        """Folds one engine start into the calibration.
+
+        Args:
+            predicted: The estimate made for that engine's configuration *with
+                this calibration applied*.
+            observed: Parsed startup numbers (keys ``weights_gib``,
+                ``activation_peak_gib``, ``non_torch_gib``, ``cudagraph_gib``;
+                missing or None keys are skipped).
+
+        Returns:
+            A new calibration; ``self`` is unchanged.
+        """
+        n = self.observations
+        new = Calibration(**self.to_dict())
+        pairs = (
+            ("weights_scale", "weights_gib", predicted.raw_weights_gib),
+            ("activation_scale", "activation_peak_gib", predicted.raw_activation_peak_gib),
+            ("non_torch_scale", "non_torch_gib", predicted.raw_non_torch_gib),
+            ("cudagraph_scale", "cudagraph_gib", predicted.raw_cudagraph_gib),
+        )
+        for attr, key, raw in pairs:
+            obs = observed.get(key)
+            if obs is None or raw <= 1e-6:
+                continue
+            ratio = float(obs) / raw
+            setattr(new, attr, (getattr(self, attr) * n + ratio) / (n + 1))
+        terms = [observed.get(k) for k in ("weights_gib", "activation_peak_gib", "non_torch_gib", "kv_cache_gib")]
+        if predicted.device == "gpu" and None not in terms and predicted.raw_cudagraph_gib > 1e-6:
+            w, a, nt, kv = (float(t) for t in terms)  # type: ignore[arg-type]
+            residual = max(0.0, predicted.raw_requested_gib - w - a - nt - kv)
+            ratio = residual / predicted.raw_cudagraph_gib
+            prev = self.cudagraph_reserved_ratio
+            new.cudagraph_reserved_ratio = ratio if prev is None else (prev * n + ratio) / (n + 1)
+        new.observations = n + 1
+        return new
+
+
+@dataclass
+class StageEstimate:
+    """Per-GPU memory of one pipeline stage."""
+
+    stage: int
+    layers: int
+    weights_bytes: int
+    activation_bytes: int
+    non_torch_bytes: int
+    cudagraph_bytes: int
+    kv_cache_bytes: int
+    num_blocks: int
+
+
+@dataclass
+class MemoryEstimate:
+    """What vLLM is predicted to report at startup, per GPU of one replica.
+
+    All ``*_gib`` figures are per GPU (the worst pipeline stage); token and
+    concurrency figures are per engine replica, as vLLM logs them.
+    ``max_concurrency_total`` multiplies by the data-parallel size.
+    """
+
+    device: str
+    gpu: str
+    total_memory_gib: float
+    gpu_memory_utilization: float
+    requested_memory_gib: float
+    weights_gib: float
+    activation_peak_gib: float
+    non_torch_gib: float
+    cudagraph_gib: float
+    kv_cache_gib: float
+    kv_cache_tokens: int
+    num_blocks: int
+    block_size: int
+    kv_bytes_per_token: int
+    max_model_len: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_concurrency: float
+    max_concurrency_total: float
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    data_parallel_size: int
+    fits: bool
+    reason: str | None
+    kv_groups: int = 1
+    padding_layers: int = 0
+    sliding_window_credited: bool = False
+    notes: list[str] = field(default_factory=list)
+    raw_weights_gib: float = 0.0
+    raw_activation_peak_gib: float = 0.0
+    raw_non_torch_gib: float = 0.0
+    raw_cudagraph_gib: float = 0.0
+    raw_requested_gib: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form; GiB rounded to 4 decimals, concurrency to 2."""
+        out = asdict(self)
+        for k, v in out.items():
+            if isinstance(v, float):
+                out[k] = round(v, 2 if k.startswith("max_concurrency") else 4)
+        return out
+
+
+# ----------------------------------------------------------------- defaults
+def _is_big_gpu(gpu: Gpu | None) -> bool:
+    """vLLM's ``get_batch_defaults``: >= 70 GiB and not an A100 gets bigger batches."""
+    return gpu is not None and gpu.memory_gib >= 70 and "A100" not in gpu.name.upper()
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    tp: int
+    pp: int
+    dp: int
+    max_model_len: int
+    util: float
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    block_size: int
+    weight_bytes: float
+    kv_bytes: int
+    quant: QuantShape | None
+    enforce_eager: bool
+    async_scheduling: bool
+
+
+def _resolve(shape: ModelShape, cfg: ServeConfig, gpu: Gpu | None, device: str) -> _Resolved:
+    tp, pp, dp = cfg.tp, cfg.pp, cfg.dp
+    for flag, value in (("--tensor-parallel-size", tp), ("--pipeline-parallel-size", pp),
+                        ("--data-parallel-size", dp)):
+        if value < 1:
+            raise VtuneError(f"{flag} must be >= 1, got {value}")
+    util = 0.9 if cfg.gpu_memory_utilization is None else cfg.gpu_memory_utilization
+    if not 0 < util <= 1:
+        raise VtuneError(f"--gpu-memory-utilization must be in (0, 1], got {util}")
+    mml = shape.max_position_embeddings if cfg.max_model_len is None else cfg.max_model_len
+    if mml < 1:
+        raise VtuneError(f"--max-model-len must be >= 1, got {mml}")
+    world = tp * pp
+    if device == "cpu":
+        d_tokens, d_seqs = 2048 * world, 128 * world
+    elif _is_big_gpu(gpu):
+        d_tokens, d_seqs = 8192, 1024
+    else:
+        d_tokens, d_seqs = 2048, 256
+    seqs = d_seqs if cfg.max_num_seqs is None else cfg.max_num_seqs
+    if cfg.max_num_batched_tokens is not None:
+        tokens = cfg.max_num_batched_tokens
+    else:
+        tokens = d_tokens if cfg.enable_chunked_prefill is not False else max(mml, d_tokens)
+        tokens = min(tokens, seqs * mml)
+    for flag, value in (("--max-num-seqs", seqs), ("--max-num-batched-tokens", tokens)):
+        if value < 1:
+            raise VtuneError(f"{flag} must be >= 1, got {value}")
+    if cfg.block_size:
+        block = cfg.block_size
+    elif device == "cpu":
+        block = 128
+    else:
+        block = 64 if shape.mla else 16
+    dtype = (cfg.dtype or "auto").lower()
+    if dtype == "auto":
+        dtype = shape.dtype
+        if dtype in ("float32", "float") and device != "cpu":
+            dtype = "bfloat16"  # vLLM's _resolve_auto_dtype downcasts fp32 checkpoints on GPUs
+    dt_bytes = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2}.get(dtype)
+    if dt_bytes is None:
+        raise VtuneError(f"--dtype {cfg.dtype}: use auto, bfloat16, float16 or float32")
+    kv_dtype = (cfg.kv_cache_dtype or "auto").lower()
+    if kv_dtype == "auto":
+        kv_bytes = dt_bytes
+    elif kv_dtype.startswith("fp8") or kv_dtype in ("int8", "nvfp4"):
+        kv_bytes = 1
+    elif kv_dtype in ("bfloat16", "float16", "half"):
+        kv_bytes = 2
+    elif kv_dtype in ("float32", "float"):
+        kv_bytes = 4
+    else:
+        raise VtuneError(f"--kv-cache-dtype {cfg.kv_cache_dtype}: use auto, fp8, fp8_e4m3, fp8_e5m2 or bfloat16")
+    quant = quant_from_method(cfg.quantization) if cfg.quantization else shape.quant
+    # Async scheduling is on by default on GPUs (VllmConfig.__post_init__) and forced off on CPU.
+    async_sched = device != "cpu" and cfg.async_scheduling is not False
+    return _Resolved(tp, pp, dp, mml, util, seqs, tokens, block, float(dt_bytes), kv_bytes, quant,
+                     bool(cfg.enforce_eager) or device == "cpu", async_sched)
+
+
+def check_layout(shape: ModelShape, tp: int, pp: int) -> str | None:
+    """Why vLLM would reject this TP/PP layout for the model, or None."""
+    if shape.num_heads % tp:
+        return f"tensor-parallel-size {tp} does not divide the {shape.num_heads} attention heads"
+    kvh = shape.num_kv_heads
+    if shape.mla is None and (kvh % tp if kvh >= tp else tp % kvh):
+        return f"tensor-parallel-size {tp} and the {kvh} KV heads do not divide one another"
+    if pp > shape.num_layers:
+        return f"pipeline-parallel-size {pp} exceeds the {shape.num_layers} layers"
+    return None
+
+
+def pp_partition(num_layers: int, pp: int) -> list[range]:
+    """Layers of each pipeline stage, as ``vllm.distributed.utils.get_pp_indices``.
+
+    Layers are split evenly; the remainder goes one each to the stages just
+    before the last (the last stage also holds the LM head).
+    """
+    sizes = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        sizes[-i] += 1
+    out, start = [], 0
+    for s in sizes:
+        out.append(range(start, start + s))
+        start += s
+    return out
+
+
+# ------------------------------------------------------------------ weights
+def _linear_bytes(n_params: float, r: _Resolved, *, expert: bool) -> float:
+    """Bytes of ``n_params`` linear weights in the resolved format.
+
+    int4 (AWQ/GPTQ): 0.5 B + one fp16 scale and one packed 4-bit zero per group.
+    mxfp4: 0.5 B + one uint8 scale per 32. fp8/int8: 1 B + per-channel scales
+    (negligible). Unquantized: the dtype.
+    """
+    q = r.quant
+    if q is None or (q.experts_only and not expert):
+        return n_params * r.weight_bytes
+    if q.weight_bits == 8:
+        return n_params * 1.0
+    group = q.group_size or 128
+    if q.method == "mxfp4" or q.method.startswith("nvfp4"):
+        return n_params * (0.5 + 1.0 / group)
+    return n_params * (0.5 + 2.5 / group)
+
+
+def _layer_weights(shape: ModelShape, r: _Resolved, layer: int) -> float:
+    h, tp = shape.hidden_size, r.tp
+    dt = r.weight_bytes
+    total = 0.0
+    if shape.mla:
+        m = shape.mla
+        qk_head = m.qk_nope_head_dim + m.qk_rope_head_dim
+        if m.q_lora_rank:
+            total += _linear_bytes(h * m.q_lora_rank, r, expert=False) + m.q_lora_rank * dt
+            total += _linear_bytes(m.q_lora_rank * shape.num_heads * qk_head / tp, r, expert=False)
+        else:
+            total += _linear_bytes(h * shape.num_heads * qk_head / tp, r, expert=False)
+        total += _linear_bytes(h * (m.kv_lora_rank + m.qk_rope_head_dim), r, expert=False)
+        total += m.kv_lora_rank * dt
+        total += _linear_bytes(
+            m.kv_lora_rank * shape.num_heads * (m.qk_nope_head_dim + m.v_head_dim) / tp, r, expert=False
+        )
+        total += _linear_bytes(shape.num_heads * m.v_head_dim / tp * h, r, expert=False)
+    else:
+        q_out = shape.num_heads * shape.head_dim / tp
+        kv_out = 2 * max(1, shape.num_kv_heads // tp) * shape.head_dim
+        total += _linear_bytes(h * (q_out + kv_out), r, expert=False)
+        total += _linear_bytes(q_out * h, r, expert=False)
+        if shape.qkv_bias:
+            total += (q_out + kv_out) * dt
+        if shape.qk_norm:
+            total += 2 * shape.head_dim * dt
+    total += 2 * h * dt  # input and post-attention RMSNorm
+    moe = shape.moe
+    if moe and shape.moe_layers and shape.moe_layers[layer]:
+        e_params = moe.num_experts * 3 * h * moe.expert_intermediate_size / tp
+        total += _linear_bytes(e_params, r, expert=True)
+        if moe.expert_bias:
+            total += moe.num_experts * (2 * moe.expert_intermediate_size / tp + h) * dt
+        total += h * moe.num_experts * dt + (moe.num_experts * dt if moe.router_bias else 0)
+        if moe.shared_intermediate_size:
+            total += _linear_bytes(3 * h * moe.shared_intermediate_size / tp, r, expert=False)
+            if moe.shared_expert_gate:
+                total += h * dt
+    else:
+        total += _linear_bytes(3 * h * shape.intermediate_size / tp, r, expert=False)
+    if shape.model_type.startswith("gemma2") or shape.model_type.startswith("gemma3"):
+        total += 2 * h * dt  # pre/post feed-forward norms
+    return total
+
+
+def _padded_vocab(shape: ModelShape) -> int:
+    """Vocabulary padded to a multiple of 64 (``DEFAULT_VOCAB_PADDING_SIZE``)."""
+    return -(-shape.vocab_size // 64) * 64
+
+
+def _stage_weights(shape: ModelShape, r: _Resolved, stage: int, layers: range) -> float:
+    dt = r.weight_bytes
+    embed = _padded_vocab(shape) / r.tp * shape.hidden_size * dt
+    total = sum(_layer_weights(shape, r, i) for i in layers)
+    first, last = stage == 0, stage == r.pp - 1
+    if first:
+        total += embed + shape.vision_params * dt / r.tp
+        # Rotary cos/sin cache (one per model, max_position x rotary_dim in the model dtype).
+        rot = shape.mla.qk_rope_head_dim if shape.mla else shape.head_dim
+        total += shape.max_position_embeddings * rot * dt
+    if last:
+        total += shape.hidden_size * dt  # final norm
+        if not (shape.tie_word_embeddings and first):
+            total += embed  # lm_head (its own copy unless tied on the same stage)
+    return total
+
+
+# ------------------------------------------------------- measured terms (GPU)
+def _capture_sizes(r: _Resolved, cfg: ServeConfig) -> list[int]:
+    """CUDA-graph capture sizes as vLLM's ``_set_cudagraph_sizes`` picks them."""
+    if r.enforce_eager:
+        return []
+    limit = cfg.max_cudagraph_capture_size or min(r.max_num_seqs * 2, 512)
+    limit = min(limit, r.max_num_batched_tokens)
+    sizes = [s for s in (1, 2, 4) if s <= limit]
+    sizes += list(range(8, min(limit + 1, 256), 8))
+    if limit >= 256:
+        sizes += list(range(256, limit + 1, 16))
+    if r.max_num_batched_tokens <= limit and r.max_num_batched_tokens not in sizes:
+        sizes.append(r.max_num_batched_tokens)
+    return sizes
+
+
+def _per_token_act_bytes(shape: ModelShape, r: _Resolved, c: GpuConstants) -> float:
+    """Activation bytes per scheduled token at a decoder layer's peak."""
+    h, tp, dt = shape.hidden_size, r.tp, r.weight_bytes
+    if shape.mla:
+        m = shape.mla
+        attn = shape.num_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim) / tp
+        attn += m.kv_lora_rank + m.qk_rope_head_dim
+    else:
+        attn = shape.num_heads * shape.head_dim / tp + 2 * max(1, shape.num_kv_heads // tp) * shape.head_dim
+    width = c.mlp_copies * 2 * shape.intermediate_size / tp
+    if shape.moe:
+        moe = shape.moe
+        moe_w = moe.top_k * (c.mlp_copies * 2 * moe.expert_intermediate_size / tp + h)
+        moe_w += c.mlp_copies * 2 * moe.shared_intermediate_size / tp
+        width = max(width if not all(shape.moe_layers) else 0.0, moe_w)
+    return dt * (c.hidden_copies * h + attn + width)
+
+
+def _gpu_terms(
+    shape: ModelShape, r: _Resolved, cfg: ServeConfig, c: GpuConstants, stage: int, n_layers: int
+) -> tuple[float, float, float]:
+    """(activation peak, non-torch, CUDA-graph) bytes of one GPU, uncalibrated."""
+    t = r.max_num_batched_tokens
+    forward = t * _per_token_act_bytes(shape, r, c)
+    sampler = 0.0
+    if stage == r.pp - 1:
+        rows = min(r.max_num_seqs, t)
+        sampler = rows * _padded_vocab(shape) * c.logit_bytes
+    activation = max(forward, sampler)
+    non_torch = c.non_torch_gib * GIB + (c.non_torch_comm_gib * GIB if r.tp * r.pp > 1 else 0.0)
+    sizes = _capture_sizes(r, cfg)
+    graphs = len(sizes) * n_layers * c.graph_bytes_per_layer
+    return activation, non_torch, graphs
+
+
+# ------------------------------------------------------------------ KV cache
+@dataclass(frozen=True)
+class _KvLayout:
+    groups: list[list[int]]  # layer indices of each KV cache group
+    kinds: list[str]  # "full" / "sliding" per group
+    padding_layers: int
+    credited: bool
+
+
+def _kv_groups(shape: ModelShape, hybrid_manager: bool) -> _KvLayout:
+    """KV cache groups as ``get_kv_cache_groups`` builds them.
+
+    Uniform models get one group. Mixed sliding/full models, with the hybrid
+    KV cache manager on (GPUs, unless disabled), get groups of equal size:
+    the smallest type's layer count (or the largest when within 1.5x), each
+    type split into ``ceil(n / size)`` groups with layers ``[i::groups]``, short
+    groups padded. With the manager off (CPU, ``--disable-hybrid-kv-cache-manager``)
+    sliding layers are charged as full attention (``unify_hybrid_kv_cache_specs``).
+    """
+    kinds = list(shape.layer_kinds)
+    if len(set(kinds)) == 1:
+        return _KvLayout([list(range(len(kinds)))], [kinds[0]], 0, kinds[0] == "sliding")
+    if not hybrid_manager:
+        return _KvLayout([list(range(len(kinds)))], ["full"], 0, False)
+    by_kind: dict[str, list[int]] = {}
+    for i, k in enumerate(kinds):
+        by_kind.setdefault(k, []).append(i)
+    counts = [len(v) for v in by_kind.values()]
+    size = min(counts)
+    if max(counts) < size * 1.5:
+        size = max(counts)
+    groups, gkinds, padding = [], [], 0
+    for kind, layers in by_kind.items():
+        n_groups = -(-len(layers) // size)
+        padding += n_groups * size - len(layers)
+        for i in range(n_groups):
+            groups.append(layers[i::n_groups])
+            gkinds.append(kind)
+    return _KvLayout(groups, gkinds, padding, True)
+
+
+def _per_layer_token_bytes(shape: ModelShape, r: _Resolved) -> int:
+    """KV bytes per token per layer on one GPU (vLLM's page size / block size)."""
+    if shape.mla:
+        # Latent KV: one "head" of kv_lora_rank + rope dims, replicated on every TP rank.
+        return (shape.mla.kv_lora_rank + shape.mla.qk_rope_head_dim) * r.kv_bytes
+    kv_heads = max(1, shape.num_kv_heads // r.tp)
+    return 2 * kv_heads * shape.head_dim * r.kv_bytes
+
+
+def _blocks_per_request(layout: _KvLayout, shape: ModelShape, r: _Resolved, cfg: ServeConfig) -> int:
+    """Blocks one max_model_len request needs across all groups (one page each)."""
+    full = -(-r.max_model_len // r.block_size)
+    # VllmConfig.max_in_flight_tokens: one batch per concurrent step; async scheduling keeps two
+    # in flight with one pipeline stage, otherwise there are as many as stages (V1 model runner).
+    concurrent = 2 if r.async_scheduling and r.pp == 1 else r.pp
+    in_flight = r.max_num_batched_tokens * concurrent
+    total = 0
+    for kind in layout.kinds:
+        if kind == "sliding" and layout.credited and shape.sliding_window:
+            tokens = min(shape.sliding_window - 1 + in_flight, r.max_model_len)
+            total += -(-tokens // r.block_size) + 1
+        else:
+            total += full
+    return total
+
+
+# ------------------------------------------------------------------ estimate
+def kv_capacity(
+    shape: ModelShape, cfg: ServeConfig, kv_cache_bytes: float, *, device: str = "gpu", gpu: Gpu | None = None
+) -> tuple[int, int, float]:
+    """Blocks, tokens and max concurrency of a KV cache of a given size per GPU.
+
+    This is the part of vLLM's accounting that is exact arithmetic: given the
+    "Available KV cache memory" of a log it reproduces the "KV cache size" and
+    "Maximum concurrency" lines.
+
+    Returns:
+        ``(num_blocks, kv_cache_tokens, max_concurrency)`` for one replica.
+    """
+    r = _resolve(shape, cfg, gpu, device)
+    layout = _kv_groups(shape, device != "cpu" and not cfg.disable_hybrid_kv_cache_manager)
+    page = _per_layer_token_bytes(shape, r) * r.block_size
+    group_size = max(len(g) for g in layout.groups)
+    blocks = max(0, int(kv_cache_bytes // page // group_size))
+    per_request = _blocks_per_request(layout, shape, r, cfg)
+    conc = blocks / per_request
+    return blocks, int(conc * r.max_model_len), conc
+
+
+def estimate_memory(
+    shape: ModelShape,
+    cfg: ServeConfig,
+    gpu: Gpu | None = None,
+    *,
+    device: str = "gpu",
+    calibration: Calibration | None = None,
+    constants: GpuConstants = DEFAULT_CONSTANTS,
+    num_gpus: int | None = None,
+    cpu_kv_cache_gib: float | None = None,
+) -> MemoryEstimate:
+    """Predicts vLLM's startup memory accounting for one configuration.
+
+    Args:
+        shape: The model's architecture.
+        cfg: The serving configuration (unset fields take vLLM's defaults).
+        gpu: The GPU model (GPU device only; default H100-80GB).
+        device: ``"gpu"`` or ``"cpu"`` (the CPU engine).
+        calibration: Corrections from real engine starts.
+        constants: Constants of the modelled terms.
+        num_gpus: GPUs available; a layout needing more does not fit.
+        cpu_kv_cache_gib: CPU engine KV cache space per worker
+            (``VLLM_CPU_KVCACHE_SPACE``); defaults to ``cfg.env``, then 4 GiB.
+
+    Raises:
+        VtuneError: An impossible value (utilization outside (0, 1], TP 0, ...).
+    """
+    if device not in ("gpu", "cpu"):
+        raise VtuneError(f"device must be 'gpu' or 'cpu', got {device!r}")
+    r = _resolve(shape, cfg, gpu, device)
+    cal = calibration or Calibration()
+    notes: list[str] = []
+    reason = check_layout(shape, r.tp, r.pp)
+    if reason is None and num_gpus is not None and r.tp * r.pp * r.dp > num_gpus:
+        reason = f"needs {r.tp * r.pp * r.dp} GPUs (TP {r.tp} x PP {r.pp} x DP {r.dp}) but {num_gpus} are present"
+    if r.max_model_len > shape.max_position_embeddings:
+        notes.append(
+            f"max-model-len {r.max_model_len} exceeds the model's max_position_embeddings "
+            f"{shape.max_position_embeddings}; vLLM refuses it unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1"
+        )
+    layout = _kv_groups(shape, device != "cpu" and not cfg.disable_hybrid_kv_cache_manager)
+    if shape.is_hybrid and not layout.credited:
+        notes.append("sliding-window layers are charged as full attention (hybrid KV cache manager off)")
+    if layout.padding_layers:
+        notes.append(f"vLLM adds {layout.padding_layers} padding layer(s) to equalize KV cache groups")
+    page = _per_layer_token_bytes(shape, r) * r.block_size
+
+    space = 0.0
+    if device == "cpu":
+        total_gib = gpu.memory_gib if gpu else 0.0
+        requested = 0
+        space = float(cpu_kv_cache_gib or cfg.env.get("VLLM_CPU_KVCACHE_SPACE") or 4)
+    else:
+        gpu = gpu or resolve_gpu(None)
+        total_gib = gpu.memory_gib
+        requested = math.ceil(gpu.memory_bytes * r.util)
+
+    stages: list[StageEstimate] = []
+    raws: list[tuple[float, float, float, float]] = []
+    for s, layers in enumerate(pp_partition(shape.num_layers, r.pp)):
+        w_raw = _stage_weights(shape, r, s, layers)
+        if device == "cpu":
+            a_raw = nt_raw = cg_raw = 0.0
+            kv = space * GIB  # the space is per worker: every TP/PP rank allocates it
+        else:
+            a_raw, nt_raw, cg_raw = _gpu_terms(shape, r, cfg, constants, s, len(layers))
+        w = w_raw * cal.weights_scale
+        a = a_raw * cal.activation_scale
+        nt = nt_raw * cal.non_torch_scale
+        cg = cg_raw * cal.cudagraph_scale
+        if device != "cpu":
+            ratio = constants.cudagraph_reserved_fraction
+            if cal.cudagraph_reserved_ratio is not None:
+                ratio = cal.cudagraph_reserved_ratio
+            kv = requested - w - a - nt - ratio * cg_raw
+        in_stage = set(layers)
+        group_size = max(1, max(len([i for i in g if i in in_stage]) for g in layout.groups))
+        blocks = max(0, int(kv // page // group_size))
+        stages.append(StageEstimate(s, len(layers), int(w), int(a), int(nt), int(cg), int(kv), blocks))
+        raws.append((w_raw, a_raw, nt_raw, cg_raw))
+    worst_i = min(range(len(stages)), key=lambda i: (stages[i].num_blocks, -stages[i].weights_bytes))
+    worst = stages[worst_i]
+    heaviest = max(stages, key=lambda st: st.weights_bytes)
+    num_blocks = worst.num_blocks
+    per_request = _blocks_per_request(layout, shape, r, cfg)
+    concurrency = num_blocks / per_request
+    tokens = int(concurrency * r.max_model_len)
+
+    if reason is None and device != "cpu" and heaviest.weights_bytes >= requested:
+        reason = (
+            f"weights need {heaviest.weights_bytes / GIB:.2f} GiB per GPU but only "
+            f"{requested / GIB:.2f} GiB is requested ({r.util} x {total_gib:.2f} GiB); "
+            "raise tensor/pipeline parallelism, quantize, or raise --gpu-memory-utilization"
+        )
+    if reason is None and worst.kv_cache_bytes <= 0:
+        reason = (
+            f"no memory left for the KV cache: the rest needs {(requested - worst.kv_cache_bytes) / GIB:.2f} GiB "
+            f"of the {requested / GIB:.2f} GiB requested; raise --gpu-memory-utilization or parallelism, "
+            "or lower --max-num-batched-tokens"
+        )
+    if reason is None and num_blocks < per_request:
+        need_gib = per_request * page * max(len(g) for g in layout.groups) / GIB
+        reason = (
+            f"the KV cache ({worst.kv_cache_bytes / GIB:.2f} GiB) cannot hold one request of "
+            f"max-model-len {r.max_model_len} ({need_gib:.2f} GiB needed, about {tokens} tokens fit); "
+            "lower --max-model-len or give the KV cache more memory"
+        )
+    raw = raws[worst_i]
+    return MemoryEstimate(
+        device=device,
+        gpu=(gpu.name if gpu else "cpu"),
+        total_memory_gib=total_gib,
+        gpu_memory_utilization=r.util,
+        requested_memory_gib=requested / GIB,
+        weights_gib=heaviest.weights_bytes / GIB,
+        activation_peak_gib=worst.activation_bytes / GIB,
+        non_torch_gib=worst.non_torch_bytes / GIB,
+        cudagraph_gib=worst.cudagraph_bytes / GIB,
+        kv_cache_gib=max(0, worst.kv_cache_bytes) / GIB,
+        kv_cache_tokens=tokens,
+        num_blocks=num_blocks,
+        block_size=r.block_size,
+        kv_bytes_per_token=_per_layer_token_bytes(shape, r) * sum(len(g) for g in layout.groups) // r.pp,
+        max_model_len=r.max_model_len,
+        max_num_seqs=r.max_num_seqs,
+        max_num_batched_tokens=r.max_num_batched_tokens,
+        max_concurrency=concurrency,
+        max_concurrency_total=concurrency * r.dp,
+        tensor_parallel_size=r.tp,
+        pipeline_parallel_size=r.pp,
+        data_parallel_size=r.dp,
+        fits=reason is None,
+        reason=reason,
+        kv_groups=len(layout.groups),
+        padding_layers=layout.padding_layers,
+        sliding_window_credited=layout.credited and "sliding" in layout.kinds,
+        notes=notes,
+        raw_weights_gib=raw[0] / GIB,
+        raw_activation_peak_gib=raw[1] / GIB,
+        raw_non_torch_gib=raw[2] / GIB,
+        raw_cudagraph_gib=raw[3] / GIB,
+        raw_requested_gib=requested / GIB,
+    )
+
+
+def valid_layouts(shape: ModelShape, num_gpus: int) -> list[tuple[int, int, int]]:
+    """All (TP, PP, DP) with TP x PP x DP <= num_gpus that vLLM accepts for the model.
+
+    TP and PP range over powers of two and divisors the model allows; DP fills
+    the rest. Sorted by TP, then PP, then DP.
+    """
+    out = []
+    for tp in range(1, num_gpus + 1):
+        for pp in range(1, num_gpus // tp + 1):
+            if check_layout(shape, tp, pp) is not None:
+                continue
+            for dp in range(1, num_gpus // (tp * pp) + 1):
+                out.append((tp, pp, dp))
+    return out
