@@ -1,17 +1,224 @@
-"""Command-line interface: parses arguments and calls the library."""
+"""Command-line interface: parses arguments and calls the library.
+
+Each sub-command is one function ``_cmd_<name>(args) -> exit code``. Bad input
+raises :class:`~vtune._errors.VtuneError`, printed as one line with exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
 
 from vtune._errors import VtuneError
 
+DESCRIPTION = (
+    "vtune finds the best vLLM serving configuration for a model, GPUs and workload by measuring it: "
+    "an Optuna study launches real `vllm serve` engines and drives them with GuideLLM load."
+)
 
+
+# --------------------------------------------------------------------- helpers
+def _add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """Flags named exactly as vLLM's engine arguments (for estimate)."""
+    g = p.add_argument_group("vLLM engine arguments (same names as `vllm serve`)")
+    g.add_argument("--tensor-parallel-size", "-tp", type=int, help="GPUs per replica, heads split")
+    g.add_argument("--pipeline-parallel-size", "-pp", type=int, help="pipeline stages per replica")
+    g.add_argument("--data-parallel-size", "-dp", type=int, help="engine replicas")
+    g.add_argument("--max-model-len", type=int, help="longest request in tokens (default: the model's)")
+    g.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory vLLM may use (0.9)")
+    g.add_argument("--max-num-seqs", type=int, help="sequences per step per replica")
+    g.add_argument("--max-num-batched-tokens", type=int, help="tokens per step per replica")
+    g.add_argument("--dtype", help="auto, bfloat16, float16, float32")
+    g.add_argument("--kv-cache-dtype", help="auto, fp8, fp8_e4m3, fp8_e5m2")
+    g.add_argument("--quantization", help="fp8, int8, awq, gptq, mxfp4, ...")
+    g.add_argument("--block-size", type=int, help="tokens per KV block (16 on GPUs)")
+    g.add_argument("--enforce-eager", action="store_true", default=None, help="no CUDA graphs")
+    g.add_argument("--disable-hybrid-kv-cache-manager", action="store_true", default=None,
+                   help="charge sliding-window layers as full attention")
+
+
+def _add_gpu_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("hardware")
+    g.add_argument("--gpu", help="GPU model from the catalog (default: the GPU found here, else H100-80GB)")
+    g.add_argument("--gpu-memory-gib", type=float, help="total GPU memory in GiB, instead of --gpu")
+    g.add_argument("--num-gpus", type=int, help="GPUs available (default: those found here, else 1)")
+    g.add_argument("--device", choices=("gpu", "cpu"), default="gpu", help="the engine: GPU or vLLM's CPU backend")
+    g.add_argument("--cpu-kv-cache-gib", type=float, help="CPU engine KV space (VLLM_CPU_KVCACHE_SPACE)")
+
+
+def _resolve_hardware(args: argparse.Namespace) -> tuple[Any, int | None]:
+    """The GPU model and count: flags first, then the GPUs found here, then H100-80GB x 1."""
+    from vtune._memory import Gpu, resolve_gpu
+
+    if args.num_gpus is not None and args.num_gpus < 1:
+        raise VtuneError(f"--num-gpus must be >= 1, got {args.num_gpus}")
+    if args.gpu or args.gpu_memory_gib:
+        return resolve_gpu(args.gpu, args.gpu_memory_gib), args.num_gpus
+    found = []
+    if args.device == "gpu":
+        try:
+            from vtune._hardware import discover_gpus
+
+            found = discover_gpus()
+        except Exception:
+            found = []
+    if found:
+        gib = found[0].total_memory_bytes / (1 << 30)
+        try:
+            gpu = resolve_gpu(found[0].name)
+            gpu = Gpu(gpu.name, gib)
+        except VtuneError:
+            gpu = Gpu(found[0].name, gib)
+        return gpu, args.num_gpus or len(found)
+    return resolve_gpu(None), args.num_gpus
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    fmt = "  ".join("{:>%d}" % w for w in widths)
+    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
+    lines += [fmt.format(*[str(x) for x in r]) for r in rows]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------- estimate
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    from vtune._memory import estimate_memory, valid_layouts
+    from vtune._model_shape import load_model_shape
+    from vtune._serve_config import ServeConfig
+
+    shape = load_model_shape(args.model)
+    gpu, num_gpus = _resolve_hardware(args)
+    base = ServeConfig(
+        model=str(args.model),
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        data_parallel_size=args.data_parallel_size,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        dtype=args.dtype,
+        kv_cache_dtype=args.kv_cache_dtype,
+        quantization=args.quantization,
+        block_size=args.block_size,
+        enforce_eager=args.enforce_eager,
+        disable_hybrid_kv_cache_manager=args.disable_hybrid_kv_cache_manager,
+    )
+    if args.tensor_parallel_size is not None or (num_gpus or 1) == 1:
+        configs = [base]
+    else:
+        configs = [
+            base.replace(tensor_parallel_size=tp, pipeline_parallel_size=pp, data_parallel_size=dp)
+            for tp, pp, dp in valid_layouts(shape, num_gpus or 1)
+            if (args.pipeline_parallel_size is None or pp == args.pipeline_parallel_size)
+            and (args.data_parallel_size is None or dp == args.data_parallel_size)
+        ]
+    kw = {"device": args.device, "num_gpus": num_gpus, "cpu_kv_cache_gib": args.cpu_kv_cache_gib}
+    estimates = [estimate_memory(shape, c, gpu, **kw) for c in configs]  # type: ignore[arg-type]
+    fitting = [e for e in estimates if e.fits]
+    best = max(fitting or estimates, key=lambda e: (e.fits, e.max_concurrency_total, -e.tensor_parallel_size))
+    if args.json:
+        out = best.to_dict()
+        if len(estimates) > 1:
+            out["layouts"] = [e.to_dict() for e in estimates]
+        _print_json(out)
+        return 0
+    print(f"model {args.model}: {shape.model_type}, {shape.num_layers} layers, {shape.num_heads} heads "
+          f"({shape.num_kv_heads} KV), {args.device} {best.gpu} {best.total_memory_gib:.2f} GiB"
+          + (f" x {num_gpus}" if num_gpus else ""))
+    header = ["TP", "PP", "DP", "weights", "activation", "non-torch", "cudagraph", "KV GiB", "KV tokens",
+              "max conc", "conc x DP", "fits"]
+    rows = [[e.tensor_parallel_size, e.pipeline_parallel_size, e.data_parallel_size, f"{e.weights_gib:.2f}",
+             f"{e.activation_peak_gib:.2f}", f"{e.non_torch_gib:.2f}", f"{e.cudagraph_gib:.2f}",
+             f"{e.kv_cache_gib:.2f}", f"{e.kv_cache_tokens:,}", f"{e.max_concurrency:.2f}x",
+             f"{e.max_concurrency_total:.2f}", "yes" if e.fits else "NO"] for e in estimates]
+    print(_table(rows, header))
+    print(f"(GiB per GPU; concurrency = requests of max-model-len {best.max_model_len} the KV cache holds per "
+          f"replica; requested {best.requested_memory_gib:.2f} GiB at utilization {best.gpu_memory_utilization})")
+    for e in estimates:
+        if not e.fits:
+            print(f"  TP{e.tensor_parallel_size} PP{e.pipeline_parallel_size} DP{e.data_parallel_size}: {e.reason}")
+    for note in best.notes:
+        print(f"note: {note}")
+    return 0
+
+
+# -------------------------------------------------------------------- validate
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from vtune._model_shape import load_model_shape
+    from vtune._serve_config import parse_serve_args
+    from vtune._validate import Finding, check_flags_with_vllm, validate_config
+
+    flags = list(args.vllm_args)
+    if flags and flags[0] == "--":
+        flags = flags[1:]
+    cfg = parse_serve_args(flags)
+    model = args.model or cfg.model
+    if not model:
+        raise VtuneError("validate needs the model: --model PATH (or the model path first among the vLLM flags)")
+    cfg.model = str(model)
+    shape = load_model_shape(model)
+    gpu, num_gpus = _resolve_hardware(args)
+    needed = None
+    if args.workload:
+        from vtune._workload import load_workload
+
+        needed = load_workload(args.workload).max_model_len_hint
+    report = validate_config(shape, cfg, gpu, num_gpus=num_gpus, needed_model_len=needed, device=args.device)
+    if not args.no_vllm_check:
+        problem = check_flags_with_vllm([cfg.model, *cfg.to_cli_args(include_model=False)])
+        if problem:
+            report.errors.insert(0, Finding("invalid_flag", problem))
+    if args.json:
+        _print_json(report.to_dict())
+        return report.exit_code
+    e = report.estimate
+    if e is not None:
+        print(f"{cfg.to_flags_line()}\n  on {e.gpu} ({e.total_memory_gib:.2f} GiB): weights {e.weights_gib:.2f} GiB, "
+              f"KV {e.kv_cache_gib:.2f} GiB = {e.kv_cache_tokens:,} tokens, {e.max_concurrency:.2f}x requests of "
+              f"{e.max_model_len} tokens per replica")
+    for f in report.errors:
+        print(f"ERROR   [{f.code}] {f.message}")
+    for f in report.warnings:
+        print(f"WARNING [{f.code}] {f.message}")
+    for r in report.recommendations:
+        print(f"try     {r}")
+    if report.exit_code == 0:
+        print("OK: no problems found")
+    return report.exit_code
+
+
+# ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """Builds the top-level parser with one sub-command per capability."""
-    parser = argparse.ArgumentParser(prog="vtune", description=__doc__)
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = argparse.ArgumentParser(prog="vtune", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("estimate", help="predict vLLM's memory accounting (weights, KV cache, concurrency)",
+                       description="Predict, per GPU, what vLLM will report at startup for a configuration.")
+    p.add_argument("--model", required=True, help="local model directory (or config.json) to read")
+    _add_engine_flags(p)
+    _add_gpu_flags(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_estimate)
+
+    p = sub.add_parser("validate", help="lint a vllm serve command line before spending GPU time",
+                       description="Errors for what cannot start, warnings with the numbers behind them. "
+                                   "Exit 0 clean, 1 warnings, 2 errors.")
+    p.add_argument("--model", help="local model directory (else the first positional vLLM argument)")
+    _add_gpu_flags(p)
+    p.add_argument("--workload", help="workload name or file, to check max-model-len against its need")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-vllm-check", action="store_true", help="skip parsing the flags with vLLM's own parser")
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then the vllm serve flags")
+    p.set_defaults(func=_cmd_validate)
     return parser
 
 
@@ -27,3 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     except VtuneError as exc:
         print(f"vtune: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print("vtune: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head`
+        sys.stderr.close()
+        return 0
