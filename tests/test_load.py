@@ -1,0 +1,387 @@
+"""Tests of vtune._load: GuideLLM arguments, the step protocol (with a fake child), and e2e."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vtune._load as load_mod
+from vtune._errors import VtuneError
+from vtune._load import LoadResult, StepResult, run_load
+from vtune._results import trial_result_from_reports
+from vtune._workload import LoadProfile, Workload, load_workload
+
+DATA = Path(__file__).parent / "data" / "guidellm"
+REPORTS = [DATA / "chatbot-step-00.json", DATA / "chatbot-step-01.json"]
+
+
+def _two_step_chatbot() -> Workload:
+    return replace(load_workload("chatbot"), steps=2, duration_s=6.0, warmup_s=1.0)
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text("{}")
+    return folder
+
+
+# --- GuideLLM arguments ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("load", "expected"),
+    [
+        (LoadProfile("concurrent", streams=8), {"kind": "concurrent", "streams": [8]}),
+        (LoadProfile("constant", rate_per_s=2.0), {"kind": "constant", "rate": [2.0]}),
+        (LoadProfile("poisson", streams=4, rate_per_s=3.0), {"kind": "poisson", "rate": [3.0], "max_concurrency": 4}),
+        (LoadProfile("throughput", streams=32), {"kind": "throughput", "max_concurrency": 32}),
+        (LoadProfile("throughput"), {"kind": "throughput"}),
+        (LoadProfile("synchronous"), {"kind": "synchronous"}),
+        (LoadProfile("sweep", streams=16), {"kind": "sweep", "sweep_size": 3, "max_concurrency": 16}),
+    ],
+)
+def test_profile_args(load: LoadProfile, expected: dict) -> None:
+    wl = replace(load_workload("chatbot"), load=load, steps=3, warmup_s=2.0)
+    first = load_mod._profile_args(wl, 0)
+    later = load_mod._profile_args(wl, 1)
+    assert first.pop("warmup") == {"value": 2.0, "mode": "duration"}
+    assert first == expected
+    if load.kind == "sweep":  # one GuideLLM sweep: each point warms up
+        assert later.pop("warmup") == {"value": 2.0, "mode": "duration"}
+    assert later == expected
+
+
+def test_scenarios_validate_with_guidellm(tmp_path: Path) -> None:
+    from guidellm.benchmark.entrypoints import resolve_to_single_benchmark
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hello there", "output_tokens": 7}) + "\n")
+    spec = {"target_url": "http://127.0.0.1:9", "served_model": "m", "tokenizer_dir": str(tmp_path), "seed": 42}
+    for name in ("chatbot", "batch", "interactive", "long-context", "reasoning", str(prompts)):
+        wl = load_workload(name)
+        for step in (0, 1):
+            args: Any = resolve_to_single_benchmark(load_mod._scenario(spec, wl, step).get_benchmarks())
+            seconds = args.constraints[0].seconds
+            expected = wl.step_duration_s + (wl.warmup_s if step == 0 else 0.0)
+            assert seconds == pytest.approx(expected)
+            assert args.metrics.sample_size == 0
+            assert args.seed.value == 42 + step
+            assert args.backend.model == "m"
+
+
+def test_jsonl_rows_cycle_and_tag_repeats(tmp_path: Path) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(
+        json.dumps({"prompt": "alpha", "output_tokens": 5}) + "\n" + json.dumps({"prompt": "beta"}) + "\n"
+    )
+    wl = replace(load_workload(str(prompts)), load=LoadProfile("constant", rate_per_s=1.0), duration_s=3, steps=3)
+    rows0 = load_mod._jsonl_rows(wl, 0)
+    rows1 = load_mod._jsonl_rows(wl, 1)
+    assert rows0[0] == {"prompt": "alpha", "output_tokens_count": 5}
+    assert rows0[1]["prompt"] == "beta"
+    assert rows0[1]["output_tokens_count"] == load_workload("chatbot").output_tokens.mean
+    assert all(r["prompt"].startswith("[") for r in rows0[2:] + rows1)
+    everything = [r["prompt"] for r in rows0 + rows1]
+    assert len(set(everything)) == len(everything)
+
+
+# --- The step protocol, with a fake GuideLLM child ---------------------------------------
+
+FAKE_CHILD = r"""
+import json, shutil, sys, time
+from pathlib import Path
+spec = json.loads(Path(sys.argv[1]).read_text())
+out = Path(spec["out_dir"])
+mode = sys.argv[2]
+reports = sys.argv[3:]
+def emit(**e):
+    sys.stdout.write("VTUNE_LOAD " + json.dumps(e) + "\n"); sys.stdout.flush()
+print("GuideLLM noise on stdout", flush=True)
+if mode == "hang":
+    time.sleep(600)
+if mode == "error":
+    emit(event="error", message="RuntimeError: backend refused")
+    sys.exit(1)
+answers = []
+for i, src in enumerate(reports[: spec["workload"]["steps"]]):
+    dst = out / f"guidellm-step-{i:02d}.json"
+    shutil.copy(src, dst)
+    emit(event="step", index=i, path=str(dst), save_s=0.001)
+    answer = sys.stdin.readline().strip()
+    answers.append(answer)
+    if answer != "continue":
+        break
+(out / "fake-answers.json").write_text(json.dumps(answers))
+emit(event="done", steps=len(answers))
+"""
+
+
+@pytest.fixture
+def fake_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    script = tmp_path / "fake_child.py"
+    script.write_text(FAKE_CHILD)
+    mode = ["ok"]
+
+    def command(spec_path: Path) -> list[str]:
+        return [sys.executable, str(script), str(spec_path), mode[0], *map(str, REPORTS)]
+
+    monkeypatch.setattr(load_mod, "_child_command", command)
+    yield mode
+
+
+def test_run_load_reports_every_step(fake_child: list[str], tmp_path: Path, tokenizer_dir: Path) -> None:
+    seen: list[StepResult] = []
+
+    def on_step(index: int, step: StepResult) -> bool:
+        assert index == step.index == len(seen)
+        seen.append(step)
+        return True
+
+    out = tmp_path / "out"
+    wl = _two_step_chatbot()
+    res = run_load("http://127.0.0.1:8000/v1", "tiny-llama", tokenizer_dir, wl, out, on_step=on_step)
+    assert isinstance(res, LoadResult)
+    assert [s.index for s in seen] == [0, 1]
+    assert res.stopped_early is False
+    assert json.loads((out / "fake-answers.json").read_text()) == ["continue", "continue"]
+    expected = trial_result_from_reports(res.report_paths, wl.slo)
+    assert res.result == expected
+    assert seen[1].cumulative == expected
+    assert seen[0].cumulative == seen[0].step
+    assert seen[0].step == trial_result_from_reports([out / "guidellm-step-00.json"], wl.slo)
+    assert seen[0].gap_s is None
+    assert seen[1].gap_s is not None and seen[1].gap_s > 0
+    assert all(s.vtune_overhead_s >= 0.001 for s in seen)
+    saved = json.loads((out / "load_result.json").read_text())
+    assert saved["schema_version"] == load_mod.SCHEMA_VERSION
+    assert saved["result"] == expected.to_dict()
+    assert len(saved["steps"]) == 2
+    spec = json.loads((out / "load_spec.json").read_text())
+    assert spec["schema_version"] == load_mod.SCHEMA_VERSION
+    assert spec["target_url"] == "http://127.0.0.1:8000"
+    assert spec["workload"]["steps"] == 2
+    assert (out / "guidellm.log").exists()
+
+
+def test_on_step_false_stops_early(fake_child: list[str], tmp_path: Path, tokenizer_dir: Path) -> None:
+    out = tmp_path / "out"
+    res = run_load("http://h:1", "m", tokenizer_dir, _two_step_chatbot(), out, on_step=lambda i, s: False)
+    assert res.stopped_early is True
+    assert len(res.steps) == 1
+    assert res.result == res.steps[0].step
+    assert json.loads((out / "fake-answers.json").read_text()) == ["stop"]
+    assert not (out / "guidellm-step-01.json").exists()
+
+
+def test_duration_override_reaches_the_child(fake_child: list[str], tmp_path: Path, tokenizer_dir: Path) -> None:
+    out = tmp_path / "out"
+    run_load("http://h:1", "m", tokenizer_dir, _two_step_chatbot(), out, duration_s=40)
+    assert json.loads((out / "load_spec.json").read_text())["workload"]["duration_s"] == 40
+
+
+def test_jsonl_prompts_reach_the_child(fake_child: list[str], tmp_path: Path, tokenizer_dir: Path) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "hi", "output_tokens": 3}) + "\n" + json.dumps({"prompt": "yo"}) + "\n")
+    wl = replace(load_workload(str(prompts)), steps=2, duration_s=6.0)
+    out = tmp_path / "out"
+    run_load("http://h:1", "m", tokenizer_dir, wl, out)
+    spec = json.loads((out / "load_spec.json").read_text())
+    mean = load_workload("chatbot").output_tokens.mean
+    assert spec["prompts"] == [{"prompt": "hi", "output_tokens": 3}, {"prompt": "yo", "output_tokens": mean}]
+    assert spec["workload"]["dataset"] == str(prompts.resolve())
+
+
+def test_child_error_is_a_vtune_error(fake_child: list[str], tmp_path: Path, tokenizer_dir: Path) -> None:
+    fake_child[0] = "error"
+    with pytest.raises(VtuneError, match="backend refused"):
+        run_load("http://h:1", "m", tokenizer_dir, _two_step_chatbot(), tmp_path / "out")
+
+
+def test_hung_child_is_killed(
+    fake_child: list[str], tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_child[0] = "hang"
+    monkeypatch.setattr(load_mod, "_STARTUP_ALLOWANCE_S", 0.0)
+    monkeypatch.setattr(load_mod, "_STEP_ALLOWANCE_S", 0.0)
+    wl = replace(_two_step_chatbot(), warmup_s=0.0, duration_s=2.0)  # deadline: 2 x 1 s step
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        proc = real_popen(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(load_mod.subprocess, "Popen", spy)
+    with pytest.raises(VtuneError, match="did not finish a step"):
+        run_load("http://h:1", "m", tokenizer_dir, wl, tmp_path / "out")
+    assert started and started[0].poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(started[0].pid, 0)
+
+
+def test_missing_tokenizer(tmp_path: Path) -> None:
+    with pytest.raises(VtuneError, match="no tokenizer"):
+        run_load("http://h:1", "m", tmp_path / "nothing", _two_step_chatbot(), tmp_path / "out")
+
+
+# --- End to end: a real vLLM CPU server and real GuideLLM ---------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _tail(path: Path, n: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.mark.e2e
+def test_e2e_load_chatbot(tmp_path: Path) -> None:
+    from vtune._tiny_model import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "models" / "tiny-llama")
+    scratch = tmp_path / "vllm"
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_NO_USAGE_STATS="1",
+        VLLM_CPU_KVCACHE_SPACE="1",
+        VLLM_CACHE_ROOT=str(scratch / "vllm-cache"),
+        TORCHINDUCTOR_CACHE_DIR=str(scratch / "inductor"),
+        TMPDIR=str(scratch / "tmp"),
+        XDG_CACHE_HOME=str(scratch / "xdg"),
+    )
+    (scratch / "tmp").mkdir(parents=True)
+    port = _free_port()
+    log_path = tmp_path / "vllm.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        "tiny-llama",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "2048",
+    ]
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert server.poll() is None, f"vLLM exited with {server.returncode}:\n{_tail(log_path)}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"vLLM not ready:\n{_tail(log_path)}"
+            time.sleep(1.0)
+
+        seen: list[int] = []
+
+        def on_step(index: int, step: StepResult) -> bool:
+            seen.append(index)
+            assert step.step.successful_requests > 0
+            return True
+
+        workload = replace(load_workload("chatbot"), steps=2, warmup_s=2.0)
+        res = run_load(
+            f"http://127.0.0.1:{port}",
+            "tiny-llama",
+            model_dir,
+            workload,
+            tmp_path / "load",
+            duration_s=20,
+            on_step=on_step,
+        )
+        print(f"\ne2e: startup {res.startup_s:.1f} s, wall {res.wall_s:.1f} s")
+        for s in [*res.steps]:
+            t = s.step
+            print(
+                f"e2e: step {s.index}: {t.output_tokens_per_second:.0f} out tok/s, {t.requests_per_second:.2f} req/s, "
+                f"goodput {t.goodput_requests_per_second:.2f}/s, TTFT p50/p90/p99 {t.ttft_ms.p50:.0f}/"
+                f"{t.ttft_ms.p90:.0f}/{t.ttft_ms.p99:.0f} ms, ITL p50 {t.itl_ms.p50:.1f} ms, "
+                f"gap {s.gap_s} s, vtune {1000 * s.vtune_overhead_s:.1f} ms"
+            )
+        r = res.result
+        assert seen == [0, 1]
+        assert res.stopped_early is False
+        assert r.steps == 2
+        assert r.duration_s == pytest.approx(20, rel=0.1)
+        assert r.output_tokens_per_second > 0
+        assert r.requests_per_second > 0
+        assert r.successful_requests > 0
+        assert r.errored_requests == 0
+        assert 0 <= r.goodput_requests_per_second <= r.requests_per_second
+        assert 0.0 <= r.slo_attainment <= 1.0
+        for p in (r.ttft_ms, r.itl_ms, r.tpot_ms, r.e2e_latency_ms):
+            assert 0 < p.p50 <= p.p90 <= p.p99
+        assert len(res.report_paths) == 2
+        for path in res.report_paths:
+            assert json.loads(path.read_text())["benchmarks"]
+        assert res.result_path.is_file()
+        assert all(s.vtune_overhead_s < 2.0 for s in res.steps)
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        server.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while _port_in_use(port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _port_in_use(port)
+    deadline = time.monotonic() + 30
+    while _group_alive(server.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)  # killed members may linger a moment before they are reaped
+    assert not _group_alive(server.pid)
