@@ -55,15 +55,15 @@ __all__ = [
 GIB = 1 << 30
 MIB = 1 << 20
 
-#: Total memory per GPU as ``torch.cuda.mem_get_info`` / ``total_memory`` reports
-#: it (GiB). H100-80GB 79.19 is the figure the task gives and vLLM logs
-#: ("Free memory on device (78.66/79.18 GiB)"); the others are the usual values
-#: of ``nvidia-smi`` memory.total (MiB) / 1024 minus the driver reservation that
-#: torch does not see, rounded as vLLM prints them.
+#: Total memory per GPU as ``torch.cuda.mem_get_info()`` reports it (GiB).
+#: H100-80GB was read on the lent H100 80GB HBM3: 85,017,493,504 bytes = 79.178 GiB
+#: (vLLM prints 79.18; nvidia-smi says 81,559 MiB, 480 MiB more). H200 is
+#: nvidia-smi's 143,771 MiB less the same 480 MiB. The others are nvidia-smi's
+#: memory.total less that reservation, as commonly reported.
 GPU_CATALOG: dict[str, float] = {
-    "H100-80GB": 79.19,
+    "H100-80GB": 85_017_493_504 / GIB,
     "H100-94GB": 93.09,
-    "H200": 139.81,
+    "H200": (143_771 - 480) * MIB / GIB,
     "A100-40GB": 39.39,
     "A100-80GB": 79.15,
     "L40S": 44.39,
@@ -141,37 +141,55 @@ def _match_gpu_name(name: str) -> str | None:
 class GpuConstants:
     """Constants of the modelled (measured-by-vLLM) terms, with their sources.
 
+    Fitted to six engine starts of vLLM 0.26 on an H100 80GB
+    (``benchmarks/results/gpu-logs/``; dummy weights, max-model-len 8192): a
+    Llama-3.1-8B shape at (batched tokens, seqs) = (8192, 1024) and (2048, 64),
+    a Qwen3-0.6B shape at (8192, 1024) and (2048, 128), and a Qwen3-30B-A3B MoE
+    shape at the defaults. See ``benchmarks/results/memory_model_h100.md``.
+
     Attributes:
-        hidden_copies: Residual-width tensors alive per token at the forward
-            peak (residual, normed input, attention output, o_proj output):
-            counted from the decoder layer's dataflow.
-        mlp_copies: Multiple of the gate_up output alive at the MLP peak: the
-            gate_up output (2I) plus the activation output (I) = 1.5 x 2I.
-        logit_bytes: Bytes per logit at the sampler peak of the profile run
-            (bf16 logits 2 + fp32 copy 4 + fp32 softmax work 3). Fitted to the
-            H100 8B log (1.1 GiB peak activation at 1024 seqs x 128,256 vocab).
-        non_torch_gib: Non-torch memory of one GPU worker (cuBLAS workspace,
-            allocator slack): 0.22 GiB seen on H100 with vLLM 0.26.
-        non_torch_comm_gib: Extra non-torch memory when TP/PP > 1 (NCCL
-            buffers, custom all-reduce IPC buffers), per GPU.
-        graph_bytes_per_layer: CUDA-graph memory per captured size per layer
-            (graph objects and their private pool fragments); with 67 sizes x
-            32 layers it gives ~0.98 GiB for the H100 8B run.
+        act_embed_copies: Peak activation never fell below one LM-head-sized
+            matrix (vocab x hidden per TP rank): 0.98 GiB for the 8B shape
+            (128,256 x 4096 bf16) at 2048 tokens, 0.29 GiB for the 0.6B shape
+            (151,936 x 1024). One copy.
+        act_token_width: Above that floor the peak grew by (hidden + query
+            width per rank) elements per scheduled token: 8192 elements for the
+            8B shape (1.01 -> 1.10 GiB from 2048 to 8192 tokens) and 3072 for
+            the 0.6B one (0.30 -> 0.34 GiB). The MLP intermediate does not show
+            (compiled graphs reuse its buffer). Multiplier of that width: 1.0.
+        act_moe_factor: MoE layers add top_k x (2 x expert width / TP + hidden)
+            elements per token (fused-MoE intermediate caches) times this
+            factor, fitted to the Qwen3-30B-A3B start (2.68 GiB peak).
+        non_torch_gib: Non-torch memory of one GPU worker: 0.22 GiB on every
+            dense start, 0.24 on the MoE one.
+        non_torch_comm_gib: Extra non-torch memory per GPU when TP x PP > 1
+            (NCCL and custom all-reduce buffers). Provisional until the TP=2
+            starts on two H200s are folded in.
+        cudagraph_width_factor: The captured graph pool held, for the largest
+            capture size, per layer and token, (q+k+v width + query width +
+            2 x hidden) elements times this factor: 1.74 (8B) and 2.29 (0.6B)
+            at size 512; 2.0 is their mean. Graph memory is dominated by the
+            largest size, not the count of sizes (19 vs 51 sizes moved it 4x
+            while the largest moved 4x too).
+        cudagraph_moe_factor: The same factor for MoE models (0.80 GiB actual
+            for the 30B-A3B shape).
         cudagraph_reserved_fraction: Part of the CUDA-graph memory taken out of
-            the KV cache before it is sized. vLLM >= 0.21 subtracts its profiled
-            estimate, yet the H100 8B log of vLLM 0.26 shows KV = requested -
-            weights - activation - non-torch to 0.01 GiB (75.22 - 15.0 - 1.1 -
-            0.22 = 58.90 vs 58.89), so the estimate applied there was ~0.
-            Calibration learns the real figure from each start's residual.
+            the KV cache before it is sized. vLLM 0.26 subtracts its profiled
+            estimate only in the V1 model runner, which it uses for MoE and
+            hybrid models (the estimate was 0.64 GiB against 0.80 actual: 0.8);
+            dense models run the V2 model runner, which reserves nothing
+            (KV = requested - weights - activation - non-torch to 0.01 GiB on
+            all four dense starts). Calibration learns it from each start.
     """
 
-    hidden_copies: float = 4.0
-    mlp_copies: float = 1.5
-    logit_bytes: float = 9.0
+    act_embed_copies: float = 1.0
+    act_token_width: float = 1.0
+    act_moe_factor: float = 4.58
     non_torch_gib: float = 0.22
     non_torch_comm_gib: float = 0.40
-    graph_bytes_per_layer: float = 0.468 * MIB
-    cudagraph_reserved_fraction: float = 0.0
+    cudagraph_width_factor: float = 2.0
+    cudagraph_moe_factor: float = 1.3
+    cudagraph_reserved_fraction: float = 0.8
 
 
 DEFAULT_CONSTANTS = GpuConstants()
@@ -533,38 +551,49 @@ def _capture_sizes(r: _Resolved, cfg: ServeConfig) -> list[int]:
     return sizes
 
 
-def _per_token_act_bytes(shape: ModelShape, r: _Resolved, c: GpuConstants) -> float:
-    """Activation bytes per scheduled token at a decoder layer's peak."""
-    h, tp, dt = shape.hidden_size, r.tp, r.weight_bytes
+def _q_width(shape: ModelShape, tp: int) -> float:
+    """Query projection width per TP rank."""
     if shape.mla:
-        m = shape.mla
-        attn = shape.num_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim) / tp
-        attn += m.kv_lora_rank + m.qk_rope_head_dim
-    else:
-        attn = shape.num_heads * shape.head_dim / tp + 2 * max(1, shape.num_kv_heads // tp) * shape.head_dim
-    width = c.mlp_copies * 2 * shape.intermediate_size / tp
-    if shape.moe:
-        moe = shape.moe
-        moe_w = moe.top_k * (c.mlp_copies * 2 * moe.expert_intermediate_size / tp + h)
-        moe_w += c.mlp_copies * 2 * moe.shared_intermediate_size / tp
-        width = max(width if not all(shape.moe_layers) else 0.0, moe_w)
-    return dt * (c.hidden_copies * h + attn + width)
+        return shape.num_heads * (shape.mla.qk_nope_head_dim + shape.mla.qk_rope_head_dim) / tp
+    return shape.num_heads * shape.head_dim / tp
+
+
+def _qkv_width(shape: ModelShape, tp: int) -> float:
+    """q + k + v projection width per TP rank (latent KV for MLA)."""
+    if shape.mla:
+        return _q_width(shape, tp) + shape.mla.kv_lora_rank + shape.mla.qk_rope_head_dim
+    return _q_width(shape, tp) + 2 * max(1, shape.num_kv_heads // tp) * shape.head_dim
+
+
+def uses_v1_model_runner(shape: ModelShape) -> bool:
+    """vLLM 0.26 runs MoE and hybrid models on the V1 model runner, dense ones on V2.
+
+    (``VllmConfig._is_default_v2_model_runner_model``.) Only the V1 runner takes
+    its CUDA-graph memory estimate out of the KV cache.
+    """
+    return shape.moe is not None or shape.is_hybrid
 
 
 def _gpu_terms(
     shape: ModelShape, r: _Resolved, cfg: ServeConfig, c: GpuConstants, stage: int, n_layers: int
 ) -> tuple[float, float, float]:
-    """(activation peak, non-torch, CUDA-graph) bytes of one GPU, uncalibrated."""
-    t = r.max_num_batched_tokens
-    forward = t * _per_token_act_bytes(shape, r, c)
-    sampler = 0.0
-    if stage == r.pp - 1:
-        rows = min(r.max_num_seqs, t)
-        sampler = rows * _padded_vocab(shape) * c.logit_bytes
-    activation = max(forward, sampler)
-    non_torch = c.non_torch_gib * GIB + (c.non_torch_comm_gib * GIB if r.tp * r.pp > 1 else 0.0)
+    """(activation peak, non-torch, CUDA-graph) bytes of one GPU, uncalibrated.
+
+    See :class:`GpuConstants` for each formula's terms and where they came from.
+    """
+    t, tp, dt, h = r.max_num_batched_tokens, r.tp, r.weight_bytes, shape.hidden_size
+    embed = _padded_vocab(shape) / tp * h * dt
+    activation = c.act_embed_copies * embed + t * c.act_token_width * (h + _q_width(shape, tp)) * dt
+    if shape.moe and any(shape.moe_layers):
+        moe = shape.moe
+        activation += t * moe.top_k * (2 * moe.expert_intermediate_size / tp + h) * dt * c.act_moe_factor
+    non_torch = c.non_torch_gib * GIB + (c.non_torch_comm_gib * GIB if tp * r.pp > 1 else 0.0)
     sizes = _capture_sizes(r, cfg)
-    graphs = len(sizes) * n_layers * c.graph_bytes_per_layer
+    graphs = 0.0
+    if sizes:
+        factor = c.cudagraph_moe_factor if shape.moe else c.cudagraph_width_factor
+        width = _qkv_width(shape, tp) + _q_width(shape, tp) + 2 * h
+        graphs = max(sizes) * n_layers * width * dt * factor
     return activation, non_torch, graphs
 
 
@@ -729,7 +758,7 @@ def estimate_memory(
         nt = nt_raw * cal.non_torch_scale
         cg = cg_raw * cal.cudagraph_scale
         if device != "cpu":
-            ratio = constants.cudagraph_reserved_fraction
+            ratio = constants.cudagraph_reserved_fraction if uses_v1_model_runner(shape) else 0.0
             if cal.cudagraph_reserved_ratio is not None:
                 ratio = cal.cudagraph_reserved_ratio
             kv = requested - w - a - nt - ratio * cg_raw

@@ -141,10 +141,9 @@ def validate_config(
             "--max-model-len to the workload's need, which raises the concurrency the cache holds"
         )
     if est.tensor_parallel_size > 1 and shape.mla is None:
-        single = estimate_memory(
-            shape, cfg.replace(tensor_parallel_size=1, data_parallel_size=est.data_parallel_size * est.tensor_parallel_size),
-            gpu, device=device,
-        )
+        dp_all = est.data_parallel_size * est.tensor_parallel_size
+        as_dp = cfg.replace(tensor_parallel_size=1, data_parallel_size=dp_all)
+        single = estimate_memory(shape, as_dp, gpu, device=device)
         # "Fits one GPU" with room to spare: weights at most half of what vLLM may use there.
         if single.fits and single.weights_gib <= 0.5 * single.requested_memory_gib:
             report.warnings.append(Finding(

@@ -1,0 +1,56 @@
+"""The memory model against real vLLM 0.26 engine starts on an H100 (logs kept in the repo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from shapes import LLAMA_8B, QWEN3_0_6B, QWEN3_30B_A3B
+
+from vtune._logparse import parse_startup_log
+from vtune._memory import Calibration, estimate_memory, resolve_gpu
+from vtune._model_shape import shape_from_config
+from vtune._serve_config import ServeConfig
+
+LOGS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-logs"
+H100 = resolve_gpu("H100-80GB")
+CASES = {
+    "8b-default": (LLAMA_8B, {}),
+    "8b-b2048-s64": (LLAMA_8B, {"gpu_memory_utilization": 0.8, "max_num_batched_tokens": 2048, "max_num_seqs": 64}),
+    "small-default": (QWEN3_0_6B, {}),
+    "small-b2048-s128": (QWEN3_0_6B, {"max_num_batched_tokens": 2048, "max_num_seqs": 128}),
+    "moe-default": (QWEN3_30B_A3B, {}),
+}
+
+
+def _case(name):
+    shape, kw = CASES[name]
+    cfg = ServeConfig(max_model_len=8192, **{"gpu_memory_utilization": 0.9, **kw})
+    observed = parse_startup_log((LOGS / f"h100-vllm0.26-{name}.log").read_text())
+    return shape_from_config(shape), cfg, observed
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kv_tokens_within_half_a_percent_before_calibration(name):
+    shape, cfg, obs = _case(name)
+    e = estimate_memory(shape, cfg, H100)
+    assert e.weights_gib == pytest.approx(obs.weights_gib, abs=0.02)
+    assert e.activation_peak_gib == pytest.approx(obs.activation_peak_gib, abs=0.02)
+    assert e.kv_cache_tokens == pytest.approx(obs.kv_cache_tokens, rel=0.005)
+    assert e.max_concurrency == pytest.approx(obs.max_concurrency, rel=0.005)
+
+
+def test_calibration_from_one_start_carries_to_another():
+    shape, cfg, obs = _case("moe-default")
+    cal = Calibration().observe(estimate_memory(shape, cfg, H100), obs.to_dict())
+    after = estimate_memory(shape, cfg, H100, calibration=cal)
+    assert after.kv_cache_tokens == pytest.approx(obs.kv_cache_tokens, rel=0.001)
+    assert after.non_torch_gib == pytest.approx(obs.non_torch_gib, abs=0.005)
+
+
+def test_dense_8b_calibrated_on_default_predicts_small_batch_start():
+    shape, cfg, obs = _case("8b-default")
+    cal = Calibration().observe(estimate_memory(shape, cfg, H100), obs.to_dict())
+    shape2, cfg2, obs2 = _case("8b-b2048-s64")
+    assert estimate_memory(shape2, cfg2, H100, calibration=cal).kv_cache_tokens == pytest.approx(
+        obs2.kv_cache_tokens, rel=0.005)
