@@ -80,9 +80,20 @@ def test_parse_topo_pcie_box() -> None:
     assert all(lk.kind == "pcie" and not lk.is_nvlink and lk.nvlinks == 0 for lk in links.values())
 
 
+# Recorded on a one-GPU H100 machine (the device tool), 2026-11-22.
+TOPO_H100_SINGLE = (
+    "\t\x1b[4mGPU0\tCPU Affinity\tNUMA Affinity\tGPU NUMA ID\x1b[0m\n"
+    "GPU0\t X \t0-15\t0\t\tN/A\n"
+    "\n"
+    "Legend:\n"
+    "\n"
+    "  X    = Self\n"
+    "  NV#  = Connection traversing a bonded set of # NVLinks\n"
+)
+
+
 def test_parse_topo_single_gpu_and_garbage() -> None:
-    single = "\tGPU0\tCPU Affinity\tNUMA Affinity\nGPU0\t X \t0-15\t0\n\nLegend:\n  X = Self\n"
-    assert parse_topo_matrix(single) == []
+    assert parse_topo_matrix(TOPO_H100_SINGLE) == []
     assert parse_topo_matrix("") == []
     assert parse_topo_matrix("No devices were found\n") == []
 

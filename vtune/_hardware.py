@@ -191,7 +191,10 @@ def gpu_memory_used_bytes(indices: Iterable[int] | None = None) -> dict[int, int
         indices: GPUs to report; None for all.
 
     Returns:
-        ``{index: used bytes}``; empty on a machine without NVIDIA GPUs.
+        ``{index: used bytes}``; empty on a machine without NVIDIA GPUs. NVML's
+        figure includes memory the driver reserves (about 0.5 GiB on an H100)
+        and ``nvidia-smi``'s does not, so compare only readings of one call site
+        on one machine (the source does not change while a process runs).
     """
     wanted = None if indices is None else set(indices)
     used: dict[int, int] = {}
