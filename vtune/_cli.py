@@ -195,6 +195,91 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+
+# ----------------------------------------------------------------------- bench
+def _split_dashdash(items: list[str]) -> list[str]:
+    return items[1:] if items and items[0] == "--" else items
+
+
+def _bench_table(records: list[Any], labels: list[str]) -> str:
+    def pct(p: Any, key: str) -> str:
+        v = None if p is None else getattr(p, key)
+        return "-" if v is None else f"{v:.0f}"
+
+    rows = []
+    for label, rec in zip(labels, records, strict=True):
+        r = rec.result
+        m = rec.metrics or {}
+        kv = m.get("kv_cache_usage_max")
+        rows.append([
+            label, rec.status if not rec.failure else f"FAILED {rec.failure.kind}",
+            f"{r.output_tokens_per_second:.1f}" if r else "-",
+            f"{r.requests_per_second:.2f}" if r else "-",
+            f"{r.goodput_requests_per_second:.2f}" if r else "-",
+            "/".join(pct(r.ttft_ms if r else None, k) for k in ("p50", "p90", "p99")),
+            "/".join(pct(r.itl_ms if r else None, k) for k in ("p50", "p90", "p99")),
+            "/".join(pct(r.e2e_latency_ms if r else None, k) for k in ("p50", "p99")),
+            str(r.errored_requests) if r else "-",
+            "-" if kv is None else f"{100 * kv:.0f}%",
+            "-" if m.get("num_preemptions_delta") is None else f"{m['num_preemptions_delta']:.0f}",
+            "-" if rec.engine_start_s is None else f"{rec.engine_start_s:.0f}",
+        ])
+    header = ["config", "status", "out tok/s", "req/s", "goodput/s", "TTFT ms p50/90/99", "ITL ms p50/90/99",
+              "E2E ms p50/99", "errors", "KV max", "preempt", "start s"]
+    return _table(rows, header)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+    import time
+    from pathlib import Path
+
+    from vtune._serve_config import parse_serve_args
+    from vtune._target import apply_engine_defaults, resolve_model, resolve_target
+    from vtune._trial import record_summary, run_trial
+    from vtune._workload import load_workload
+
+    if args.duration_s is not None and args.duration_s <= 0:
+        raise VtuneError(f"--duration-s must be > 0, got {args.duration_s}")
+    workload = load_workload(args.workload)
+    target = resolve_target(args.gpus)
+    common = _split_dashdash(list(args.vllm_args))
+    flag_sets = [shlex.split(f) for f in args.compare] if args.compare else [[]]
+    if args.compare is not None and len(flag_sets) < 2:
+        raise VtuneError('--compare needs two or more flag sets, e.g. --compare "--max-num-seqs 2" "--max-num-seqs 32"')
+    configs = []
+    for extra in flag_sets:
+        cfg = parse_serve_args([*common, *extra])
+        cfg.model = resolve_model(args.model or cfg.model or None, target)
+        configs.append(apply_engine_defaults(cfg, target))
+    root = Path(args.run_dir or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    labels = [f"#{i}" for i in range(len(configs))] if len(configs) > 1 else ["#0"]
+    gpus = list(target.gpus) if target.device == "gpu" else None
+    records = []
+    for label, cfg in zip(labels, configs, strict=True):
+        run_dir = root if len(configs) == 1 else root / f"config-{label[1:]}"
+        if not args.json:
+            print(f"{label} {cfg.to_flags_line()}", flush=True)
+
+        def phase(p: str, label: str = label) -> None:
+            if not args.json:
+                print(f"  {label} {p} ...", flush=True)
+
+        records.append(run_trial(cfg, workload, run_dir, gpus=gpus, duration_s=args.duration_s,
+                                 cache_dir=root / "cache", on_phase=phase))
+    if args.json:
+        objs = [record_summary(r) for r in records]
+        _print_json(objs[0] if len(objs) == 1 else {"configs": objs})
+    else:
+        print(f"\nworkload {workload.name} on {target.describe()}")
+        print(_bench_table(records, labels))
+        for label, rec in zip(labels, records, strict=True):
+            if rec.failure:
+                line = f"  log line: {rec.failure.log_line}" if rec.failure.log_line else ""
+                print(f"{label} failed ({rec.failure.kind}): {rec.failure.message}{line}")
+        print(f"runs kept under {root}")
+    return 2 if any(r.failure for r in records) else 0
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """Builds the top-level parser with one sub-command per capability."""
@@ -219,6 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-vllm-check", action="store_true", help="skip parsing the flags with vLLM's own parser")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then the vllm serve flags")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("bench", help="measure one configuration (or several side by side) on a real engine",
+                       description="Launch vllm serve with the given flags, drive it with the workload's GuideLLM "
+                                   "load, print throughput, latency percentiles and goodput. Exit 2 on failure.")
+    p.add_argument("--model", help="local model directory (default on a machine with no GPU: the built-in model)")
+    p.add_argument("--workload", default="chatbot", help="built-in name (chatbot, batch, interactive, "
+                   "long-context, reasoning), a workload YAML, or a JSONL file of prompts")
+    p.add_argument("--duration-s", type=float, help="measured seconds of load (default: the workload's)")
+    p.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: all found)")
+    p.add_argument("--compare", nargs="+", metavar="FLAGS",
+                   help='two or more quoted flag sets measured one after the other, e.g. '
+                        '--compare "--max-num-seqs 2" "--max-num-seqs 32" (flags after -- apply to all)')
+    p.add_argument("--run-dir", help="folder for logs and reports (default: runs/bench-<time>)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then vllm serve flags")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -848,6 +848,8 @@ def _is_code(lines: list[LogLine], i: int) -> bool:
     text = lines[i].message.strip()
     if text.startswith('File "') or (text and set(text) <= set("^~ ")):
         return True
+    if not lines[i].message[:1].isspace() and _EXCEPTION_RE.match(text):
+        return False  # the exception line itself (after a frame without source, e.g. Cython)
     for j in range(i - 1, max(i - 3, -1), -1):
         prev = lines[j].message.strip()
         if prev.startswith('File "'):

@@ -219,7 +219,9 @@ def parse_serve_args(argv: list[str], *, base: ServeConfig | None = None) -> Ser
 
     Flags vtune models fill typed fields; any other flag is kept verbatim in
     ``extra_args``. ``--flag=value`` and ``--flag value`` are both accepted. A
-    positional model path is taken as ``model``.
+    positional model path is taken as ``model``. ``NAME=value`` tokens with an
+    upper-case name (``VLLM_CPU_KVCACHE_SPACE=4``) are environment settings, as
+    in the flags line vtune prints.
 
     Args:
         argv: Flags as the user typed them after ``--``.
@@ -233,6 +235,11 @@ def parse_serve_args(argv: list[str], *, base: ServeConfig | None = None) -> Ser
     i = 0
     while i < len(argv):
         tok = argv[i]
+        env_name, is_env, env_value = tok.partition("=")
+        if is_env and not tok.startswith("-") and env_name.isupper() and env_name.replace("_", "").isalnum():
+            cfg.env = {**cfg.env, env_name: env_value}
+            i += 1
+            continue
         if not tok.startswith("-"):
             if not cfg.model:
                 cfg.model = tok

@@ -61,6 +61,8 @@ __all__ = ["EngineFailure", "TeardownReport", "VllmServer", "find_free_port", "p
 _MIB = 1024 * 1024
 _SHM_DIR = Path("/dev/shm")
 _HTTP_TIMEOUT_S = 5.0
+#: Longest TMPDIR that leaves room for vLLM's "/<uuid4>" IPC socket names within 107 bytes.
+_MAX_TMPDIR_LEN = 64
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -413,6 +415,7 @@ class VllmServer:
         self._shm_before: dict[str, int] = {}
         self._shm_seen: set[str] = set()
         self._gpu_before: dict[int, int] = {}
+        self._private_tmp: Path | None = None
 
         if self.cpu_cores is not None:
             allowed = set(allowed_cpu_cores())
@@ -465,7 +468,7 @@ class VllmServer:
                 VLLM_CACHE_ROOT=str(root / "vllm"),
                 TORCHINDUCTOR_CACHE_DIR=str(root / "torchinductor"),
                 TRITON_CACHE_DIR=str(root / "triton"),
-                TMPDIR=str(root / "tmp"),
+                TMPDIR=self._short_tmp_dir(root / "tmp"),
                 XDG_CACHE_HOME=str(root / "xdg"),
                 HF_HOME=str(root / "hf"),
                 HF_HUB_CACHE=_hub_cache(),
@@ -480,6 +483,22 @@ class VllmServer:
         if self.gpus is not None:
             over["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in self.gpus)
         return over
+
+    def _short_tmp_dir(self, wanted: Path) -> str:
+        """``TMPDIR`` for the engine: ``wanted`` unless too long for a UNIX socket.
+
+        vLLM puts ZeroMQ IPC sockets in ``TMPDIR`` with a 36-character name, and a
+        socket path may not exceed 107 bytes; a deep study folder would make the
+        engine die at start. Then a private folder under the system temp dir is
+        used instead and removed at :meth:`stop`.
+        """
+        if len(str(wanted)) <= _MAX_TMPDIR_LEN:
+            return str(wanted)
+        if self._private_tmp is None:
+            import tempfile
+
+            self._private_tmp = Path(tempfile.mkdtemp(prefix="vtune-"))
+        return str(self._private_tmp)
 
     def build_command(self) -> list[str]:
         """The argv that launches the engine (port must be known)."""
@@ -737,6 +756,8 @@ class VllmServer:
                 _LIVE.pop(pgid, None)
         report.exit_code = proc.poll()
         report.shm_removed = self._remove_shm()
+        if self._private_tmp is not None:
+            shutil.rmtree(self._private_tmp, ignore_errors=True)
         report.port_free = self._wait_port_free()
         self._check_gpu_memory(report)
         report.stop_s = time.monotonic() - t0

@@ -1,0 +1,312 @@
+"""One trial: start a real engine for a configuration, load it, record everything.
+
+:func:`run_trial` is what both ``vtune bench`` and every study trial call. It
+writes, under the trial's folder::
+
+    config.yaml       the configuration as a ``vllm serve --config`` file
+    flags.txt         the same as one command line (environment settings first)
+    server.log        the engine's stdout and stderr
+    load/             GuideLLM's raw reports and the combined load result
+    trial.json        the :class:`TrialRecord` (schema-versioned, fields described)
+
+Nothing is lost on failure: an engine that does not start, dies mid-load, or a
+load that breaks, produces a record with its classified failure, and the
+engine's process group is always torn down and verified.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vtune._errors import VtuneError
+from vtune._logparse import Failure, StartupNumbers
+from vtune._results import TrialResult
+from vtune._serve_config import ServeConfig
+from vtune._workload import Workload
+
+__all__ = ["SCHEMA_VERSION", "TrialRecord", "record_summary", "run_trial", "write_config_files"]
+
+SCHEMA_VERSION = 1
+
+#: Called after each load step with (step index, cumulative result); False stops the load.
+StepCallback = Callable[[int, TrialResult], bool]
+
+
+@dataclass
+class TrialRecord:
+    """Everything one trial measured.
+
+    Attributes:
+        config: The :class:`ServeConfig` as plain data.
+        flags_line: The configuration as one shell line.
+        status: ``ok`` (measured every step), ``stopped_early`` (the step
+            callback stopped the load), or ``failed``.
+        failure: The classified failure (``kind``, ``message``, ``log_line``,
+            ``exit_code``) when ``status`` is ``failed``.
+        startup: Numbers parsed from the engine's startup log (the calibration).
+        result: What the load measured (None if the engine never served).
+        step_results: Cumulative result after each step.
+        metrics: Summary of the engine's ``/metrics`` during the load (KV cache
+            usage, running/waiting requests, preemptions).
+        teardown: What stopping the engine did and verified.
+        engine_start_s: Launch to ``/health`` answering 200.
+        load_s: Wall seconds of the load (GuideLLM start-up included).
+        teardown_s: Seconds stopping the engine took.
+        total_s: Wall seconds of the whole trial.
+        run_dir: The trial's folder.
+        log_path: The engine log.
+        gpus: GPUs the trial was given (None on the CPU engine).
+        cpu_cores: CPU cores the engine was pinned to, if any.
+        schema_version: Layout version of ``trial.json``.
+    """
+
+    config: dict[str, Any]
+    flags_line: str
+    status: str
+    failure: Failure | None = None
+    startup: StartupNumbers | None = None
+    result: TrialResult | None = None
+    step_results: list[TrialResult] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    teardown: dict[str, Any] = field(default_factory=dict)
+    engine_start_s: float | None = None
+    load_s: float | None = None
+    teardown_s: float | None = None
+    total_s: float = 0.0
+    run_dir: str = ""
+    log_path: str = ""
+    gpus: list[int] | None = None
+    cpu_cores: list[int] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def overhead_s(self) -> float:
+        """Seconds of the trial spent neither starting the engine nor under load."""
+        return max(0.0, self.total_s - (self.engine_start_s or 0.0) - (self.load_s or 0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of ``trial.json``."""
+        return {
+            "schema_version": self.schema_version,
+            "description": "vtune trial record; fields: vtune._trial.TrialRecord (times in seconds)",
+            "config": self.config,
+            "flags_line": self.flags_line,
+            "status": self.status,
+            "failure": self.failure.to_dict() if self.failure else None,
+            "startup": self.startup.to_dict() if self.startup else None,
+            "result": self.result.to_dict() if self.result else None,
+            "step_results": [r.to_dict() for r in self.step_results],
+            "metrics": self.metrics,
+            "teardown": self.teardown,
+            "engine_start_s": self.engine_start_s,
+            "load_s": self.load_s,
+            "teardown_s": self.teardown_s,
+            "total_s": self.total_s,
+            "overhead_s": self.overhead_s,
+            "run_dir": self.run_dir,
+            "log_path": self.log_path,
+            "gpus": self.gpus,
+            "cpu_cores": self.cpu_cores,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialRecord:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            config=data["config"],
+            flags_line=data["flags_line"],
+            status=data["status"],
+            failure=Failure.from_dict(data["failure"]) if data.get("failure") else None,
+            startup=StartupNumbers.from_dict(data["startup"]) if data.get("startup") else None,
+            result=TrialResult.from_dict(data["result"]) if data.get("result") else None,
+            step_results=[TrialResult.from_dict(r) for r in data.get("step_results", [])],
+            metrics=data.get("metrics") or {},
+            teardown=data.get("teardown") or {},
+            engine_start_s=data.get("engine_start_s"),
+            load_s=data.get("load_s"),
+            teardown_s=data.get("teardown_s"),
+            total_s=data.get("total_s", 0.0),
+            run_dir=data.get("run_dir", ""),
+            log_path=data.get("log_path", ""),
+            gpus=data.get("gpus"),
+            cpu_cores=data.get("cpu_cores"),
+        )
+
+    def save(self, path: Path) -> None:
+        """Writes ``trial.json`` atomically."""
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=str))
+        tmp.replace(path)
+
+
+def write_config_files(cfg: ServeConfig, folder: Path) -> None:
+    """Writes ``config.yaml`` (for ``vllm serve --config``) and ``flags.txt``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(cfg.to_yaml())
+    (folder / "flags.txt").write_text(cfg.to_flags_line() + "\n")
+
+
+def _failure(kind: str, message: str, exit_code: int | None = None) -> Failure:
+    return Failure(kind=kind, message=message, log_line=None, exit_code=exit_code)
+
+
+def run_trial(
+    cfg: ServeConfig,
+    workload: Workload,
+    run_dir: Path,
+    *,
+    gpus: Sequence[int] | None = None,
+    cpu_cores: Sequence[int] | None = None,
+    duration_s: float | None = None,
+    cache_dir: Path | None = None,
+    tokenizer_dir: Path | None = None,
+    startup_timeout_s: float = 900.0,
+    on_step: StepCallback | None = None,
+    on_phase: Callable[[str], None] | None = None,
+    on_ready: Callable[[Any], None] | None = None,
+) -> TrialRecord:
+    """Starts the engine, runs the workload's load, stops the engine, records it all.
+
+    Args:
+        cfg: The configuration to serve.
+        workload: The load to drive (and the SLOs behind goodput).
+        run_dir: The trial's folder (created).
+        gpus: GPU indices for ``CUDA_VISIBLE_DEVICES`` (None on the CPU engine).
+        cpu_cores: Cores to pin the engine to (the CPU engine's packing).
+        duration_s: Measured seconds of load, overriding the workload's.
+        cache_dir: vLLM/torch compile caches shared by a study's trials.
+        tokenizer_dir: Where the served model's tokenizer is (default: the model
+            folder).
+        startup_timeout_s: Longest wait for the engine to become ready.
+        on_step: Called after each load step with the cumulative result;
+            returning False stops the load early (an optimizer's pruner).
+        on_phase: Called with ``launching``, ``warming``/``measuring`` and
+            ``stopping`` as the trial moves on (progress display).
+        on_ready: Called with the ready :class:`~vtune._server.VllmServer`
+            (tests use it to break the engine on purpose).
+
+    Returns:
+        The record, also saved as ``run_dir/trial.json``. Engine and load
+        failures are recorded, not raised.
+
+    Raises:
+        VtuneError: Only for bad input (e.g. no tokenizer in the model folder)
+            found before anything was launched; KeyboardInterrupt after the
+            record of the interrupted trial was saved as failed.
+    """
+    from vtune._load import run_load
+    from vtune._metrics import MetricsSampler
+    from vtune._server import EngineFailure, VllmServer
+
+    t0 = time.monotonic()
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config_files(cfg, run_dir)
+    log_path = run_dir / "server.log"
+    record = TrialRecord(
+        config=cfg.to_dict(), flags_line=cfg.to_flags_line(), status="failed",
+        run_dir=str(run_dir), log_path=str(log_path),
+        gpus=None if gpus is None else list(gpus), cpu_cores=None if cpu_cores is None else list(cpu_cores),
+    )
+    tok_dir = Path(tokenizer_dir or cfg.model)
+    phase = on_phase or (lambda _p: None)
+    server = VllmServer(cfg, log_path=log_path, gpus=gpus, cpu_cores=cpu_cores, cache_dir=cache_dir,
+                        startup_timeout_s=startup_timeout_s)
+    sampler: MetricsSampler | None = None
+    try:
+        phase("launching")
+        server.start()
+        try:
+            record.startup = server.wait_ready()
+        except EngineFailure as exc:
+            record.failure = exc.failure
+            return record
+        record.engine_start_s = server.start_s
+        if on_ready is not None:
+            on_ready(server)
+        phase("measuring")
+        sampler = MetricsSampler(server.url, interval_s=2.0).start()
+        load_t0 = time.monotonic()
+
+        def step_hook(index: int, step: Any) -> bool:
+            record.step_results.append(step.cumulative)
+            server.check()  # an engine that died mid-load fails the trial now, classified
+            keep_going = True if on_step is None else bool(on_step(index, step.cumulative))
+            return keep_going
+
+        try:
+            load = run_load(server.url, server.served_model_name or cfg.served_model_name or cfg.model, tok_dir,
+                            workload, run_dir / "load", duration_s=duration_s, on_step=step_hook)
+        except EngineFailure as exc:
+            record.failure = exc.failure
+            return record
+        except VtuneError as exc:
+            try:
+                server.check(probe_http=True)
+            except EngineFailure as dead:
+                record.failure = dead.failure
+                return record
+            record.failure = _failure("load_error", str(exc))
+            return record
+        finally:
+            record.load_s = time.monotonic() - load_t0
+        try:
+            server.check(probe_http=True)
+        except EngineFailure as exc:
+            record.failure = exc.failure
+            record.result = load.result
+            return record
+        record.result = load.result
+        record.status = "stopped_early" if load.stopped_early else "ok"
+        return record
+    except KeyboardInterrupt:
+        record.failure = _failure("interrupted", "the trial was interrupted (Ctrl-C or SIGTERM) and recorded as failed")
+        raise
+    finally:
+        phase("stopping")
+        if sampler is not None:
+            sampler.stop()
+            record.metrics = sampler.summary()
+        teardown_t0 = time.monotonic()
+        report = server.stop()
+        record.teardown_s = time.monotonic() - teardown_t0
+        record.teardown = report.to_dict()
+        if record.engine_start_s is None and server.start_s is not None:
+            record.engine_start_s = server.start_s
+        record.total_s = time.monotonic() - t0
+        record.save(run_dir / "trial.json")
+
+
+def record_summary(rec: TrialRecord) -> dict[str, Any]:
+    """The ``bench --json`` object for one record."""
+    res = rec.result
+    out: dict[str, Any] = {
+        "status": rec.status,
+        "flags": rec.flags_line,
+        "output_tokens_per_second": res.output_tokens_per_second if res else None,
+        "requests_per_second": res.requests_per_second if res else None,
+        "goodput_requests_per_second": res.goodput_requests_per_second if res else None,
+        "ttft_ms": res.ttft_ms.to_dict() if res else None,
+        "itl_ms": res.itl_ms.to_dict() if res else None,
+        "tpot_ms": res.tpot_ms.to_dict() if res else None,
+        "e2e_latency_ms": res.e2e_latency_ms.to_dict() if res else None,
+        "errors": res.errored_requests if res else None,
+        "incomplete": res.incomplete_requests if res else None,
+        "slo_attainment": res.slo_attainment if res else None,
+        "slo_met": res.slo_met if res else None,
+        "calibration": rec.startup.to_dict() if rec.startup else None,
+        "failure": rec.failure.to_dict() if rec.failure else None,
+        "metrics": rec.metrics,
+        "teardown": rec.teardown,
+        "engine_start_s": rec.engine_start_s,
+        "load_s": rec.load_s,
+        "run_dir": rec.run_dir,
+        "log_path": rec.log_path,
+    }
+    return out
+
