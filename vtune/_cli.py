@@ -280,6 +280,202 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"runs kept under {root}")
     return 2 if any(r.failure for r in records) else 0
 
+
+# ----------------------------------------------------------------------- study
+def _parse_duration_s(text: str | None, flag: str) -> float | None:
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text[-1:].lower() in units:
+            value = float(text[:-1]) * units[text[-1].lower()]
+        else:
+            value = float(text)
+    except ValueError:
+        raise VtuneError(f"{flag} {text}: give seconds, or a number with s/m/h (e.g. 90m)") from None
+    if value <= 0:
+        raise VtuneError(f"{flag} must be > 0, got {text}")
+    return value
+
+
+def _default_study_name(model: str, workload: str) -> str:
+    import re
+    from pathlib import Path
+
+    stem = Path(model.rstrip("/")).name or "model"
+    wl = Path(workload).stem
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{stem}-{wl}").strip("-")
+
+
+def _settings_from_args(args: argparse.Namespace) -> Any:
+    import shlex
+    from pathlib import Path
+
+    from vtune._memory import estimate_memory
+    from vtune._model_shape import load_model_shape
+    from vtune._objectives import parse_objectives
+    from vtune._serve_config import parse_serve_args
+    from vtune._space import default_space, load_space_file
+    from vtune._study import StudySettings
+    from vtune._target import apply_engine_defaults, resolve_model, resolve_target
+    from vtune._workload import load_workload
+
+    objectives = parse_objectives(args.objectives)
+    if args.n_trials is not None and args.n_trials < 1:
+        raise VtuneError(f"--n-trials must be >= 1, got {args.n_trials}")
+    if args.duration_s is not None and args.duration_s <= 0:
+        raise VtuneError(f"--duration-s must be > 0, got {args.duration_s}")
+    workload = load_workload(args.workload)
+    if args.concurrency is not None:
+        if args.concurrency < 1:
+            raise VtuneError(f"--concurrency must be >= 1, got {args.concurrency}")
+        import dataclasses
+
+        workload = dataclasses.replace(workload, load=dataclasses.replace(workload.load, streams=args.concurrency))
+    target = resolve_target(args.gpus)
+    fixed = parse_serve_args(_split_dashdash(list(args.vllm_args)))
+    model = resolve_model(args.model or fixed.model or None, target)
+    fixed.model = model
+    if fixed.max_model_len is None:
+        # Size the KV cache for the workload, not for the model's maximum context.
+        fixed.max_model_len = max(256, -(-workload.max_model_len_hint // 256) * 256)
+    user_env = set(fixed.env)
+    fixed = apply_engine_defaults(fixed, target)
+    shape = load_model_shape(model)
+
+    def weights_fit(tp: int, pp: int) -> bool:
+        cfg = fixed.replace(tensor_parallel_size=tp, pipeline_parallel_size=pp, gpu_memory_utilization=0.95)
+        est = estimate_memory(shape, cfg, target.gpu, device=target.device)
+        return est.fits or "weights" not in (est.reason or "")
+
+    space = default_space(device=target.device, num_gpus=target.num_gpus, shape=shape, weights_fit=weights_fit,
+                          cpu_cores=len(target.cpu_cores))
+    if args.space:
+        space = load_space_file(args.space, space)
+    for dim in list(space.dimensions):  # flags fixed after -- are not sampled
+        if dim.name != "parallel_layout" and not dim.name.isupper() and getattr(fixed, dim.name, None) is not None:
+            dim.fixed = getattr(fixed, dim.name)
+        if dim.name.isupper() and dim.name in user_env:
+            dim.fixed = fixed.env[dim.name]
+    layout = space.get("parallel_layout")
+    if layout is not None and any(getattr(fixed, f) is not None for f in (
+            "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")):
+        layout.enabled = False
+    name = args.study or _default_study_name(model, args.workload)
+    return StudySettings(
+        name=name, model=model, workload=workload, space=space, base=fixed, objectives=objectives, target=target,
+        duration_s=args.duration_s, strict_memory=args.strict_memory, remeasure_top_k=args.remeasure,
+        enqueue=[shlex.split(e) for e in (args.enqueue or [])], seed=args.seed,
+        studies_dir=Path(args.studies_dir), configs_dir=Path(args.configs_dir),
+    )
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from vtune._study import dump_json, run_study
+
+    settings = _settings_from_args(args)
+    timeout_s = _parse_duration_s(args.timeout, "--timeout")
+    if not args.json:
+        active = ", ".join(d.name for d in settings.space.active)
+        print(f"study {settings.name}: {settings.model} on {settings.target.describe()}, workload "
+              f"{settings.workload.name}, objectives {','.join(o.name for o in settings.objectives)}\n"
+              f"  sampling: {active}\n  fixed: {settings.base.to_flags_line()}", flush=True)
+    summary = run_study(settings, storage_url=args.storage, n_trials=args.n_trials, timeout_s=timeout_s,
+                        quiet=args.json, max_concurrent_trials=args.max_concurrent_trials)
+    if args.report:
+        from vtune._report import write_report
+
+        write_report(settings.name, storage_url=summary.storage, studies_dir=settings.studies_dir,
+                     configs_dir=settings.configs_dir)
+    if args.json:
+        print(dump_json(summary.to_dict()))
+        return 0
+    print(f"\n{summary.finished_trials} trials finished: {summary.launches} engine launches, "
+          f"{summary.pruned_before_launch} pruned before launch by the memory model (launches saved), "
+          f"{summary.stopped_early} stopped early ({summary.gpu_seconds_saved:.0f} GPU/core-seconds saved), "
+          f"{summary.failed} failed")
+    if summary.recovered:
+        print(f"resumed: trial(s) {summary.recovered} were left running by a killed process and are marked failed")
+    if summary.best_trial is None:
+        print("no trial finished with a result yet")
+        return 1
+    print(f"best: trial {summary.best_trial}: {summary.best_flags}")
+    for path in summary.exported:
+        print(f"  wrote {path}")
+    print(f"storage: {summary.storage}\n  see: vtune report --study {settings.name}; "
+          f"vtune dashboard --study {settings.name}")
+    return 0
+
+
+def _open_existing(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    from pathlib import Path
+
+    import optuna
+
+    from vtune._study import default_storage, load_settings, make_storage
+
+    url = args.storage or default_storage(args.study, Path(args.studies_dir))
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise VtuneError(f"--study {args.study}: no study database at {url.removeprefix('sqlite:///')}; "
+                         "run `vtune study` first or pass --storage")
+    try:
+        study = optuna.load_study(study_name=args.study, storage=make_storage(url, heartbeat=False))
+    except KeyError:
+        raise VtuneError(f"--study {args.study}: no such study in {url}") from None
+    settings = load_settings(study, studies_dir=Path(args.studies_dir), configs_dir=Path(args.configs_dir))
+    return study, settings, url
+
+
+def _cmd_best(args: argparse.Namespace) -> int:
+    from vtune._serve_config import ServeConfig
+    from vtune._study import dump_json, pick_trial
+
+    study, settings, _ = _open_existing(args)
+    trial = pick_trial(study, settings, args.pick)
+    if trial is None:
+        raise VtuneError(f"--study {args.study}: no finished trial yet")
+    cfg = ServeConfig.from_dict(trial.user_attrs["config"])
+    if args.format == "yaml":
+        env = "".join(f"# env: {k}={v}\n" for k, v in sorted(cfg.env.items()))
+        print(env + cfg.replace(env={}).to_yaml(), end="")
+    elif args.format == "flags":
+        print(cfg.to_flags_line())
+    else:
+        print(dump_json({"trial": trial.number, "values": trial.values,
+                         "objectives": [o.name for o in settings.objectives], "config": cfg.to_dict(),
+                         "flags": cfg.to_flags_line(), "env": cfg.env, "result": trial.user_attrs.get("result")}))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vtune._report import write_report
+
+    _, _, url = _open_existing(args)
+    path = write_report(args.study, storage_url=url, studies_dir=Path(args.studies_dir),
+                        configs_dir=Path(args.configs_dir))
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    _, _, url = _open_existing(args)
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise VtuneError("optuna-dashboard is not installed: pip install 'vtune[dashboard]'") from None
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ for {url} (Ctrl-C to stop)", flush=True)
+    run_server(url, host=args.host, port=args.port)
+    return 0
+
+
+def _add_study_location(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--study", required=required, help="study name")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
+    p.add_argument("--studies-dir", default="studies", help="where studies live (default: studies)")
+    p.add_argument("--configs-dir", default="configs", help="where best configs are exported (default: configs)")
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """Builds the top-level parser with one sub-command per capability."""
@@ -320,6 +516,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then vllm serve flags")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("study", help="tune: a Bayesian search over vLLM flags on real engines (the main job)",
+                       description="Sample vLLM flags with Optuna, prune what cannot fit with the memory model, "
+                                   "measure the rest on real engines under the workload, export the best config. "
+                                   "Re-running the same command resumes the study.")
+    p.add_argument("--model", help="local model directory or hub id (default without GPU: the built-in model)")
+    p.add_argument("--workload", default="chatbot", help="chatbot, batch, interactive, long-context, reasoning, "
+                   "or a workload YAML / JSONL file")
+    _add_study_location(p, required=False)
+    p.add_argument("--n-trials", type=int, default=10, help="trials in all, resumed ones included (default 10)")
+    p.add_argument("--timeout", help="wall-time budget in all, e.g. 3600, 90m, 2h")
+    p.add_argument("--objectives", default="goodput", help="goodput (default), throughput, requests, or a latency "
+                   "percentile like ttft_p99; two or more comma-separated for a Pareto study")
+    p.add_argument("--space", help="YAML file that fixes, narrows, widens or adds dimensions (see README)")
+    p.add_argument("--duration-s", type=float, help="measured load seconds per trial (default: the workload's)")
+    p.add_argument("--concurrency", type=int, help="concurrent streams of the workload's load (override)")
+    p.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: all found)")
+    p.add_argument("--max-concurrent-trials", type=int, default=1,
+                   help="trials run at once on disjoint GPUs (or CPU cores); default 1")
+    p.add_argument("--strict-memory", action="store_true",
+                   help="also prune max-num-seqs far above the KV concurrency the memory model predicts")
+    p.add_argument("--remeasure", type=int, default=2, help="best configs re-measured at the end (default 2)")
+    p.add_argument("--enqueue", action="append", metavar="FLAGS",
+                   help="extra configuration to try first (quoted vLLM flags); repeatable")
+    p.add_argument("--seed", type=int, help="sampler seed")
+    p.add_argument("--report", action="store_true", help="write the report at the end")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress lines)")
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then vllm serve flags fixed for every trial")
+    p.set_defaults(func=_cmd_study)
+
+    p = sub.add_parser("best", help="print the best configuration of a study")
+    _add_study_location(p)
+    p.add_argument("--format", choices=("yaml", "flags", "json"), default="flags")
+    p.add_argument("--pick", help="with several objectives: e.g. 'ttft_p99<500' picks the best first objective "
+                   "among Pareto trials meeting it")
+    p.set_defaults(func=_cmd_best)
+
+    p = sub.add_parser("report", help="write a Markdown report with tables and plots for a study")
+    _add_study_location(p)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("dashboard", help="open optuna-dashboard on a study's storage")
+    _add_study_location(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=_cmd_dashboard)
     return parser
 
 

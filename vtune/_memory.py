@@ -33,6 +33,7 @@ charged against it (``vllm/v1/worker/cpu_worker.py``).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "MemoryEstimate",
     "estimate_memory",
     "kv_capacity",
+    "parameter_count",
     "resolve_gpu",
     "valid_layouts",
 ]
@@ -397,8 +399,10 @@ def _resolve(shape: ModelShape, cfg: ServeConfig, gpu: Gpu | None, device: str) 
     dtype = (cfg.dtype or "auto").lower()
     if dtype == "auto":
         dtype = shape.dtype
-        if dtype in ("float32", "float") and device != "cpu":
-            dtype = "bfloat16"  # vLLM's _resolve_auto_dtype downcasts fp32 checkpoints on GPUs
+        if dtype in ("float32", "float"):
+            # vLLM's _resolve_auto_dtype downcasts fp32 checkpoints to the platform's first
+            # supported dtype: bfloat16 on Ampere+ GPUs and on x86/aarch64 CPUs.
+            dtype = "bfloat16"
     dt_bytes = {"float32": 4, "float": 4, "float16": 2, "half": 2, "bfloat16": 2}.get(dtype)
     if dt_bytes is None:
         raise VtuneError(f"--dtype {cfg.dtype}: use auto, bfloat16, float16 or float32")
@@ -723,10 +727,13 @@ def estimate_memory(
     if reason is None and num_gpus is not None and r.tp * r.pp * r.dp > num_gpus:
         reason = f"needs {r.tp * r.pp * r.dp} GPUs (TP {r.tp} x PP {r.pp} x DP {r.dp}) but {num_gpus} are present"
     if r.max_model_len > shape.max_position_embeddings:
-        notes.append(
-            f"max-model-len {r.max_model_len} exceeds the model's max_position_embeddings "
-            f"{shape.max_position_embeddings}; vLLM refuses it unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1"
-        )
+        allow = (cfg.env.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN") or os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN")) == "1"
+        message = (f"max-model-len {r.max_model_len} exceeds the model's max_position_embeddings "
+                   f"{shape.max_position_embeddings}")
+        if allow:
+            notes.append(message + " (allowed by VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)")
+        elif reason is None:
+            reason = message + "; vLLM refuses it: lower --max-model-len (or set VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)"
     layout = _kv_groups(shape, device != "cpu" and not cfg.disable_hybrid_kv_cache_manager)
     if shape.is_hybrid and not layout.credited:
         notes.append("sliding-window layers are charged as full attention (hybrid KV cache manager off)")
@@ -830,6 +837,15 @@ def estimate_memory(
         raw_cudagraph_gib=raw[3] / GIB,
         raw_requested_gib=requested / GIB,
     )
+
+
+def parameter_count(shape: ModelShape) -> int:
+    """Parameters of the model (weights as stored, vision tower included, rotary cache excluded)."""
+    r = _resolve(shape, ServeConfig(dtype="float32"), None, "gpu")
+    one_byte = _Resolved(**{**r.__dict__, "weight_bytes": 1.0, "quant": None})
+    total = _stage_weights(shape, one_byte, 0, range(shape.num_layers))
+    rot = shape.mla.qk_rope_head_dim if shape.mla else shape.head_dim
+    return int(total - shape.max_position_embeddings * rot)
 
 
 def valid_layouts(shape: ModelShape, num_gpus: int) -> list[tuple[int, int, int]]:

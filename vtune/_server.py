@@ -39,7 +39,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -133,6 +133,17 @@ class TeardownReport:
 # ---------------------------------------------------------------- port helpers
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """``prctl(PR_SET_PDEATHSIG, sig)`` on Linux; nothing elsewhere."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(sig), 0, 0, 0)  # 1 == PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
@@ -547,14 +558,19 @@ class VllmServer:
         self.command = self.build_command()
         env = {**os.environ, **overrides}
 
-        preexec: Callable[[], None] | None = None
-        if self.cpu_cores is not None and not shutil.which("taskset"):
-            cores = set(self.cpu_cores)
+        pin_cores = set(self.cpu_cores) if self.cpu_cores is not None and not shutil.which("taskset") else None
+        parent_pid = os.getpid()
 
-            def _pin() -> None:
-                os.sched_setaffinity(0, cores)
+        def preexec() -> None:
+            # Die with vtune: if the process that launched the engine is killed (even with
+            # SIGKILL), the kernel sends the engine's API server SIGTERM, and it shuts down
+            # its engine cores. Then a killed study leaves no engine behind.
+            _set_parent_death_signal(signal.SIGTERM)
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os.kill(os.getpid(), signal.SIGTERM)
+            if pin_cores is not None:
+                os.sched_setaffinity(0, pin_cores)
 
-            preexec = _pin
 
         self._gpu_before = gpu_memory_used_bytes(self.gpus)
         self._shm_before = _shm_entries()
@@ -570,7 +586,7 @@ class VllmServer:
                     stderr=subprocess.STDOUT,
                     env=env,
                     start_new_session=True,
-                    preexec_fn=preexec,  # only without taskset
+                    preexec_fn=preexec,
                 )
             except OSError as exc:
                 raise VtuneError(f"could not launch vLLM ({self.command[0]}): {exc}") from exc

@@ -169,6 +169,7 @@ def run_trial(
     on_step: StepCallback | None = None,
     on_phase: Callable[[str], None] | None = None,
     on_ready: Callable[[Any], None] | None = None,
+    on_launch: Callable[[Any], None] | None = None,
 ) -> TrialRecord:
     """Starts the engine, runs the workload's load, stops the engine, records it all.
 
@@ -189,6 +190,8 @@ def run_trial(
             ``stopping`` as the trial moves on (progress display).
         on_ready: Called with the ready :class:`~vtune._server.VllmServer`
             (tests use it to break the engine on purpose).
+        on_launch: Called with the server right after its process started
+            (a study records the engine's process group, to clean up after a crash).
 
     Returns:
         The record, also saved as ``run_dir/trial.json``. Engine and load
@@ -221,6 +224,8 @@ def run_trial(
     try:
         phase("launching")
         server.start()
+        if on_launch is not None:
+            on_launch(server)
         try:
             record.startup = server.wait_ready()
         except EngineFailure as exc:

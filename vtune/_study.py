@@ -1,0 +1,776 @@
+"""The study: a Bayesian, benchmark-driven search over vLLM flags.
+
+:func:`run_study` ties the memory model (pruning before launch, calibrated by
+every real start) to the trial machinery (:func:`vtune._trial.run_trial`)
+inside an Optuna study:
+
+* storage: SQLite at ``studies/<name>.db`` by default, any Optuna storage URL
+  (PostgreSQL for several machines) with ``--storage``; everything a worker
+  needs (model, workload, space, objectives, fixed flags, calibration) is kept
+  in the study's user attributes;
+* enqueued baselines: vLLM's defaults, the rule-of-thumb preset for the model's
+  size, and the memory model's own best guess;
+* each trial: sample -> validity and memory check (PRUNED at zero launches) ->
+  real engine and load in steps, each step reported to a noise-aware pruner ->
+  result, SLO constraints, artifacts under ``studies/<name>/trials/<n>/``;
+* resume: re-running the same command continues; a trial left RUNNING by a
+  killed process is marked FAIL with the reason and its engine is killed;
+  ``--n-trials`` and ``--timeout`` count what was already done;
+* at the end the best few are re-measured and the best config is exported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from vtune._errors import VtuneError
+from vtune._memory import Calibration, estimate_memory, parameter_count
+from vtune._model_shape import ModelShape, load_model_shape
+from vtune._objectives import NoiseAwarePruner, Objective, is_feasible, objective_summary, slo_constraints
+from vtune._serve_config import ServeConfig
+from vtune._space import SearchSpace, apply_values, layout_name
+from vtune._target import Target
+from vtune._trial import TrialRecord, run_trial
+from vtune._workload import Workload
+
+__all__ = ["SCHEMA_VERSION", "StudySettings", "StudySummary", "default_storage", "run_study", "load_settings"]
+
+SCHEMA_VERSION = 1
+ATTR = "vtune"  # study user attribute holding the settings
+#: max-num-seqs above this multiple of the predicted KV concurrency is pruned with --strict-memory.
+STRICT_SEQS_FACTOR = 2.0
+
+
+class TrialFailed(Exception):
+    """A trial whose engine or load failed (recorded as FAIL, the study goes on)."""
+
+
+@dataclass
+class StudySettings:
+    """Everything that defines a study (stored with it, so workers can join).
+
+    Attributes:
+        name: Study name (file names under ``studies/`` and ``configs/``).
+        model: Model folder (or hub id) served by every trial.
+        workload: The workload (load shape and SLOs).
+        space: The search space.
+        base: Fixed flags applied to every trial (``-- <flags>``).
+        objectives: What to optimize.
+        target: The hardware.
+        duration_s: Measured load seconds per trial (None: the workload's).
+        strict_memory: Also prune max-num-seqs far above the predicted KV concurrency.
+        remeasure_top_k: Best configs re-measured at the end.
+        enqueue: Extra configurations (flag lists) enqueued at the start.
+        seed: Sampler seed.
+        studies_dir: Folder of the study's artifacts.
+        configs_dir: Folder the best config is exported to.
+    """
+
+    name: str
+    model: str
+    workload: Workload
+    space: SearchSpace
+    base: ServeConfig
+    objectives: list[Objective]
+    target: Target
+    duration_s: float | None = None
+    strict_memory: bool = False
+    remeasure_top_k: int = 2
+    enqueue: list[list[str]] = field(default_factory=list)
+    seed: int | None = None
+    studies_dir: Path = Path("studies")
+    configs_dir: Path = Path("configs")
+
+    @property
+    def study_dir(self) -> Path:
+        """``studies/<name>/``."""
+        return self.studies_dir / self.name
+
+    def to_attr(self) -> dict[str, Any]:
+        """The study user attribute."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "description": "vtune study settings; fields: vtune._study.StudySettings",
+            "model": self.model,
+            "workload": self.workload.to_dict(),
+            "workload_source": self.workload.source,
+            "space": self.space.to_dict(),
+            "base": self.base.to_dict(),
+            "objectives": [o.name for o in self.objectives],
+            "target": self.target.to_dict(),
+            "duration_s": self.duration_s,
+            "strict_memory": self.strict_memory,
+            "remeasure_top_k": self.remeasure_top_k,
+        }
+
+
+def default_storage(name: str, studies_dir: Path) -> str:
+    """``sqlite:///studies/<name>.db`` (absolute, so the dashboard finds it from anywhere)."""
+    studies_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(studies_dir / f'{name}.db').resolve()}"
+
+
+def make_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """An Optuna storage with heartbeats (dead workers' trials become FAIL)."""
+    if url.startswith(("sqlite", "postgresql", "mysql")):
+        kw: dict[str, Any] = {}
+        if heartbeat:
+            kw.update(heartbeat_interval=20, grace_period=60)
+        engine_kwargs = {"pool_pre_ping": True} if url.startswith("postgresql") else {}
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kw)
+        except Exception as exc:
+            raise VtuneError(f"--storage {url}: cannot open it ({str(exc).splitlines()[0]})") from None
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    raise VtuneError(f"--storage {url}: use sqlite:///path.db, postgresql://user@host/db or journal:/path.log")
+
+
+# --------------------------------------------------------------------- baselines
+def baseline_configs(
+    settings: StudySettings, shape: ModelShape
+) -> list[tuple[str, ServeConfig]]:
+    """The enqueued baselines: vLLM's defaults, the size preset, the memory model's guess."""
+    target = settings.target
+    # vLLM's defaults take only the user's fixed flags; the other baselines also take the
+    # space's fixed dimensions (e.g. eager mode on the CPU engine), as every sampled trial does.
+    fixed_dims = {d.name: d.fixed for d in settings.space.dimensions if d.enabled and d.fixed is not None}
+    out: list[tuple[str, ServeConfig]] = [("vllm-defaults", settings.base)]
+    base = apply_values(settings.base, fixed_dims)
+    gpus = max(1, target.num_gpus)
+    params_b = parameter_count(shape) / 1e9
+    preset = {"max_num_seqs": 512, "max_num_batched_tokens": 8192}
+    if target.device == "gpu":
+        preset["gpu_memory_utilization"] = 0.95  # type: ignore[assignment]
+        if params_b < 7:
+            tp = 1
+        elif params_b <= 20:
+            tp = min(2, gpus)
+            preset.update(max_num_seqs=256)
+        else:
+            tp = gpus
+            preset.update(max_num_seqs=128)
+        tp = _largest_valid_tp(shape, tp)
+        preset["parallel_layout"] = layout_name(tp, 1, gpus // tp)  # type: ignore[assignment]
+    out.append(("size-preset", apply_values(base, preset)))
+    guess = _memory_guess(settings, shape, base)
+    if guess is not None:
+        out.append(("memory-model-guess", guess))
+    for i, flags in enumerate(settings.enqueue):
+        from vtune._serve_config import parse_serve_args
+
+        out.append((f"enqueued-{i}", parse_serve_args(flags, base=base)))
+    return out
+
+
+def _largest_valid_tp(shape: ModelShape, tp: int) -> int:
+    from vtune._memory import check_layout
+
+    while tp > 1 and check_layout(shape, tp, 1) is not None:
+        tp -= 1
+    return tp
+
+
+def _memory_guess(settings: StudySettings, shape: ModelShape, base: ServeConfig) -> ServeConfig | None:
+    """The layout whose KV cache holds the most requests of the workload's length in all."""
+    space, target = settings.space, settings.target
+    layout_dim = space.get("parallel_layout")
+    layouts = (layout_dim.choices or []) if layout_dim and layout_dim.active else [None]
+    best: tuple[float, ServeConfig] | None = None
+    tokens = 8192 if target.device == "gpu" else 2048
+    for layout in layouts:
+        values: dict[str, Any] = {"max_num_batched_tokens": tokens}
+        if layout:
+            values["parallel_layout"] = layout
+        if target.device == "gpu":
+            values["gpu_memory_utilization"] = 0.92
+        cfg = apply_values(base, values)
+        est = estimate_memory(shape, cfg, target.gpu, device=target.device, num_gpus=target.num_gpus or None)
+        if not est.fits:
+            continue
+        if best is None or est.max_concurrency_total > best[0]:
+            per_req = settings.workload.max_model_len_hint
+            conc = est.kv_cache_tokens / max(1, per_req)
+            seqs_dim = space.get("max_num_seqs")
+            hi = int(seqs_dim.high or 1024) if seqs_dim else 1024
+            seqs = 2 ** max(1, int(math.log2(max(2.0, min(conc, hi)))))
+            best = (est.max_concurrency_total, apply_values(cfg, {"max_num_seqs": seqs}))
+    return best[1] if best else None
+
+
+# ------------------------------------------------------------------------ trials
+def _worker_id() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def config_problem(cfg: ServeConfig) -> str | None:
+    """A combination vLLM rejects at startup, found without launching."""
+    if cfg.max_num_batched_tokens is not None and cfg.max_num_seqs is not None:
+        if cfg.max_num_batched_tokens < cfg.max_num_seqs:
+            return (f"max-num-batched-tokens {cfg.max_num_batched_tokens} < max-num-seqs {cfg.max_num_seqs} "
+                    "(vLLM requires batched tokens >= seqs)")
+    if (cfg.enable_chunked_prefill is False and cfg.max_num_batched_tokens is not None
+            and cfg.max_model_len is not None and cfg.max_num_batched_tokens < cfg.max_model_len):
+        return (f"without chunked prefill max-num-batched-tokens {cfg.max_num_batched_tokens} must be >= "
+                f"max-model-len {cfg.max_model_len}")
+    return None
+
+
+class _Progress:
+    """One live line per trial and a study-level bar, on stderr."""
+
+    def __init__(self, total: int, objectives: list[Objective], quiet: bool = False) -> None:
+        self.total = total
+        self.objectives = objectives
+        self.quiet = quiet
+        self.best = ""
+
+    def line(self, done: int, number: int, what: str, phase: str, elapsed_s: float) -> None:
+        if self.quiet:
+            return
+        width = 20
+        filled = int(width * min(done, self.total) / max(1, self.total))
+        bar = "#" * filled + "-" * (width - filled)
+        best = f" | best {self.best}" if self.best else ""
+        print(f"[{bar}] {done}/{self.total} trial {number} {what}: {phase} {elapsed_s:.0f}s{best}",
+              file=sys.stderr, flush=True)
+
+
+class _Runner:
+    """The objective function of the study (one call = one trial)."""
+
+    def __init__(self, settings: StudySettings, shape: ModelShape, study: optuna.Study, progress: _Progress,
+                 gpu_allocator: Any = None) -> None:
+        self.s = settings
+        self.shape = shape
+        self.study = study
+        self.progress = progress
+        self.alloc = gpu_allocator
+        self.cache_dir = settings.study_dir / "cache"
+
+    # -- calibration lives in the study, shared with workers
+    def calibration(self) -> Calibration:
+        data = self.study.user_attrs.get("calibration")
+        return Calibration.from_dict(data) if data else Calibration()
+
+    def _save_calibration(self, cal: Calibration) -> None:
+        self.study.set_user_attr("calibration", cal.to_dict())
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        t0 = time.monotonic()
+        s = self.s
+        trial.set_user_attr("worker", _worker_id())
+        cfg = s.space.sample(trial, s.base)
+        baseline = trial.user_attrs.get("baseline")
+        if baseline and trial.user_attrs.get("baseline_config"):
+            cfg = ServeConfig.from_dict(trial.user_attrs["baseline_config"])
+        trial.set_user_attr("config", cfg.to_dict())
+        trial.set_user_attr("flags", cfg.to_flags_line())
+        what = baseline or " ".join(f"{k}={v}" for k, v in trial.params.items())
+        done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                  TrialState.FAIL)))
+        problem = config_problem(cfg)
+        if problem:
+            trial.set_user_attr("pruned_by", "invalid_config")
+            trial.set_user_attr("reason", problem)
+            self.progress.line(done, trial.number, what, f"pruned ({problem})", 0)
+            raise optuna.TrialPruned(problem)
+        cal = self.calibration()
+        est = estimate_memory(self.shape, cfg, s.target.gpu, device=s.target.device, calibration=cal,
+                              num_gpus=s.target.num_gpus or None)
+        trial.set_user_attr("prediction", est.to_dict())
+        reason = est.reason if not est.fits else None
+        if reason is None and s.strict_memory and est.max_num_seqs > STRICT_SEQS_FACTOR * est.max_concurrency:
+            reason = (f"max-num-seqs {est.max_num_seqs} is more than {STRICT_SEQS_FACTOR:g}x the "
+                      f"{est.max_concurrency:.2f} requests the KV cache holds (--strict-memory)")
+        if reason:
+            trial.set_user_attr("pruned_by", "memory_model")
+            trial.set_user_attr("reason", reason)
+            self.progress.line(done, trial.number, what, f"pruned before launch ({reason})", 0)
+            raise optuna.TrialPruned(reason)
+
+        run_dir = s.study_dir / "trials" / str(trial.number)
+        single = len(s.objectives) == 1
+        objective = s.objectives[0]
+        steps_total = s.workload.steps
+        step_s = (s.duration_s or s.workload.duration_s) / steps_total
+        pruned_at: list[int] = []
+
+        def on_step(index: int, cumulative: Any) -> bool:
+            if not single:
+                return True
+            trial.report(objective.value(cumulative), index)
+            if trial.should_prune() and index < steps_total - 1:
+                pruned_at.append(index)
+                return False
+            return True
+
+        def on_launch(server: Any) -> None:
+            trial.set_user_attr("engine", {"pid": server.pid, "pgid": server.pgid, **_worker_id()})
+
+        def on_phase(phase: str) -> None:
+            self.progress.line(done, trial.number, what, phase, time.monotonic() - t0)
+
+        gpus = None
+        lease = None
+        if s.target.device == "gpu":
+            if self.alloc is not None:
+                lease = self.alloc.acquire(cfg.num_gpus)
+                gpus = list(lease)
+            else:
+                gpus = list(s.target.gpus[: cfg.num_gpus])
+        trial.set_user_attr("gpus", gpus)
+        try:
+            rec = run_trial(cfg, s.workload, run_dir, gpus=gpus, duration_s=s.duration_s, cache_dir=self.cache_dir,
+                            on_step=on_step, on_phase=on_phase, on_launch=on_launch)
+        finally:
+            if lease is not None and self.alloc is not None:
+                self.alloc.release(lease)
+        self._record(trial, rec, est)
+        if rec.startup is not None and s.target.device == "gpu":
+            self._save_calibration(self.calibration().observe(est, rec.startup.to_dict()))
+        if rec.failure is not None:
+            self.progress.line(done + 1, trial.number, what, f"FAILED {rec.failure.kind}", time.monotonic() - t0)
+            raise TrialFailed(f"{rec.failure.kind}: {rec.failure.message}")
+        assert rec.result is not None
+        for key, value in slo_constraints(rec.result, s.workload.slo).items():
+            trial.set_constraint(key, value)
+        values = [o.value(rec.result) for o in s.objectives]
+        if pruned_at:
+            saved = (steps_total - 1 - pruned_at[0]) * step_s * max(1, cfg.num_gpus if gpus else 1)
+            trial.set_user_attr("pruned_by", "early_stopping")
+            trial.set_user_attr("gpu_seconds_saved", saved)
+            trial.set_user_attr("reason", f"stopped after step {pruned_at[0] + 1} of {steps_total}: clearly "
+                                          f"worse than the best ({objective_summary(s.objectives, values)})")
+            self.progress.line(done + 1, trial.number, what, "stopped early", time.monotonic() - t0)
+            raise optuna.TrialPruned(trial.user_attrs["reason"])
+        summary = objective_summary(s.objectives, values)
+        self.progress.line(done + 1, trial.number, what, f"done: {summary}", time.monotonic() - t0)
+        return values[0] if single else values
+
+    def _record(self, trial: optuna.Trial, rec: TrialRecord, est: Any) -> None:
+        trial.set_user_attr("run_dir", rec.run_dir)
+        trial.set_user_attr("status", rec.status)
+        trial.set_user_attr("failure", rec.failure.to_dict() if rec.failure else None)
+        trial.set_user_attr("startup", rec.startup.to_dict() if rec.startup else None)
+        trial.set_user_attr("result", rec.result.to_dict() if rec.result else None)
+        trial.set_user_attr("metrics", rec.metrics)
+        trial.set_user_attr("teardown", {k: rec.teardown.get(k) for k in ("clean", "port_free", "leftover_pids",
+                                                                           "gpu_memory_back", "stop_s")})
+        trial.set_user_attr("timings", {"engine_start_s": rec.engine_start_s, "load_s": rec.load_s,
+                                        "teardown_s": rec.teardown_s, "total_s": rec.total_s,
+                                        "overhead_s": rec.overhead_s})
+        if rec.startup is not None and rec.startup.kv_cache_tokens and est.kv_cache_tokens:
+            trial.set_user_attr("kv_tokens_error", est.kv_cache_tokens / rec.startup.kv_cache_tokens - 1)
+
+
+# ------------------------------------------------------------------- lifecycle
+def _kill_stale_engine(info: dict[str, Any]) -> bool:
+    """Kills a dead worker's engine group if it is still alive on this host."""
+    import signal
+
+    import psutil
+
+    if not info or info.get("host") != socket.gethostname():
+        return False
+    pgid = info.get("pgid")
+    if not pgid:
+        return False
+    members = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getpgid(p.pid) == pgid:
+                members.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    if not members:
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return True
+        _, alive = psutil.wait_procs(members, timeout=10)
+        if not alive:
+            return True
+    return True
+
+
+def recover_stale_trials(study: optuna.Study) -> list[int]:
+    """Marks trials left RUNNING by a dead process on this host as FAIL, with the reason.
+
+    A trial is stale when its worker process (recorded as host and pid) is gone;
+    trials of other hosts are left to Optuna's heartbeat. The engine such a
+    trial left behind is killed.
+    """
+    import psutil
+
+    marked = []
+    here = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker") or {}
+        if worker.get("host") != here:
+            continue
+        pid = worker.get("pid")
+        if pid == os.getpid() or (pid and psutil.pid_exists(pid) and _is_vtune(pid)):
+            continue
+        killed = _kill_stale_engine(t.user_attrs.get("engine") or {})
+        reason = (f"interrupted: the vtune process (pid {pid} on {here}) died while this trial ran; "
+                  f"marked failed on resume{' and its engine was stopped' if killed else ''}")
+        storage = study._storage
+        storage.set_trial_user_attr(t._trial_id, "failure", {"kind": "interrupted", "message": reason,
+                                                             "log_line": None, "exit_code": None})
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        marked.append(t.number)
+    return marked
+
+
+def _is_vtune(pid: int) -> bool:
+    import psutil
+
+    try:
+        return "vtune" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+
+
+def load_settings(study: optuna.Study, *, studies_dir: Path, configs_dir: Path) -> StudySettings:
+    """Rebuilds a study's settings from its storage (for workers, best, report).
+
+    Raises:
+        VtuneError: The study was not created by vtune.
+    """
+    from vtune._hardware import cpu_cores
+    from vtune._memory import Gpu
+    from vtune._objectives import parse_objectives
+
+    data = study.user_attrs.get(ATTR)
+    if not data:
+        raise VtuneError(f"study {study.study_name!r} has no vtune settings; it was not created by `vtune study`")
+    wl = Workload.from_dict(data["workload"], source=data.get("workload_source", "<study>"))
+    t = data["target"]
+    gpu = Gpu(t["gpu"], t["gpu_memory_gib"]) if t.get("gpu") else None
+    target = Target(device=t["device"], gpus=tuple(t.get("gpus") or ()), gpu=gpu,
+                    gpu_names=tuple(t.get("gpu_names") or ()), nvlink=t.get("nvlink"),
+                    cpu_cores=tuple(cpu_cores()))
+    return StudySettings(
+        name=study.study_name, model=data["model"], workload=wl, space=SearchSpace.from_dict(data["space"]),
+        base=ServeConfig.from_dict(data["base"]), objectives=parse_objectives(",".join(data["objectives"])),
+        target=target, duration_s=data.get("duration_s"), strict_memory=bool(data.get("strict_memory")),
+        remeasure_top_k=int(data.get("remeasure_top_k", 2)), studies_dir=studies_dir, configs_dir=configs_dir,
+    )
+
+
+@dataclass
+class StudySummary:
+    """What a study run did."""
+
+    name: str
+    storage: str
+    finished_trials: int
+    launches: int
+    pruned_before_launch: int
+    stopped_early: int
+    failed: int
+    gpu_seconds_saved: float
+    best_trial: int | None
+    best_values: list[float] | None
+    best_flags: str | None
+    exported: list[str]
+    recovered: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data."""
+        return dict(self.__dict__)
+
+
+def _make_sampler(settings: StudySettings) -> optuna.samplers.BaseSampler:
+    if len(settings.objectives) > 1:
+        return optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=8)
+    # Few trials, mixed categorical/integer space: TPE with constant liar (parallel
+    # workers see each other's running trials) and a short random start.
+    return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=4, multivariate=True,
+                                      constant_liar=True, warn_independent_sampling=False)
+
+
+def open_study(settings: StudySettings, storage_url: str) -> optuna.Study:
+    """Creates the study or loads it (resume); stores the settings on creation."""
+    storage = make_storage(storage_url)
+    directions: list[Any] = [o.direction for o in settings.objectives]
+    study = optuna.create_study(
+        study_name=settings.name, storage=storage, directions=directions, load_if_exists=True,
+        sampler=_make_sampler(settings), pruner=NoiseAwarePruner(),
+    )
+    existing = study.user_attrs.get(ATTR)
+    if existing is None:
+        study.set_user_attr(ATTR, settings.to_attr())
+    else:
+        old = [d for d in existing.get("objectives", [])]
+        if old != [o.name for o in settings.objectives]:
+            raise VtuneError(
+                f"study {settings.name!r} exists with objectives {old}; use the same --objectives or another --study"
+            )
+    return study
+
+
+def count_done(study: optuna.Study) -> int:
+    """Trials that count against ``--n-trials``: finished in any way."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+
+
+def elapsed_s(study: optuna.Study) -> float:
+    """Wall seconds already spent in finished trials (counts against ``--timeout``)."""
+    total = 0.0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        if t.datetime_start and t.datetime_complete:
+            total += (t.datetime_complete - t.datetime_start).total_seconds()
+    return total
+
+
+def enqueue_baselines(study: optuna.Study, settings: StudySettings, shape: ModelShape) -> int:
+    """Enqueues the baselines once per study (a resumed study does not repeat them)."""
+    if study.user_attrs.get("baselines_enqueued"):
+        return 0
+    n = 0
+    for name, cfg in baseline_configs(settings, shape):
+        values = {"max_num_seqs": cfg.max_num_seqs, "max_num_batched_tokens": cfg.max_num_batched_tokens,
+                  "gpu_memory_utilization": cfg.gpu_memory_utilization,
+                  "parallel_layout": layout_name(cfg.tp, cfg.pp, cfg.dp)}
+        for dim in settings.space.active:
+            if dim.name.isupper() and dim.name in cfg.env:
+                values[dim.name] = cfg.env[dim.name]
+            elif hasattr(cfg, dim.name) and getattr(cfg, dim.name) is not None:
+                values[dim.name] = getattr(cfg, dim.name)
+        values = {k: v for k, v in values.items() if v is not None}
+        # The defaults have no value for many dimensions; use each dimension's middle/first value.
+        params = settings.space.project(values)
+        for dim in settings.space.active:
+            if dim.name not in params:
+                params[dim.name] = dim.project(dim.choices[0] if dim.kind == "categorical" and dim.choices
+                                               else math.sqrt(float(dim.low or 1) * float(dim.high or 1))
+                                               if dim.log else (float(dim.low or 0) + float(dim.high or 0)) / 2)
+        study.enqueue_trial(params, user_attrs={"baseline": name, "baseline_config": cfg.to_dict()},
+                            skip_if_exists=False)
+        n += 1
+    study.set_user_attr("baselines_enqueued", n)
+    return n
+
+
+def run_study(
+    settings: StudySettings,
+    *,
+    storage_url: str | None = None,
+    n_trials: int | None = 10,
+    timeout_s: float | None = None,
+    quiet: bool = False,
+    max_concurrent_trials: int = 1,
+) -> StudySummary:
+    """Runs (or resumes) a study to its budget, re-measures the best and exports it.
+
+    Args:
+        settings: What to tune and how.
+        storage_url: Optuna storage URL (default ``sqlite:///studies/<name>.db``).
+        n_trials: Trials in all, counting those already done (None: no limit).
+        timeout_s: Wall seconds in all, counting time already spent (None: no limit).
+        quiet: No progress lines.
+        max_concurrent_trials: Trials run at once on disjoint GPUs/cores.
+    """
+    url = storage_url or default_storage(settings.name, settings.studies_dir)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # vtune prints its own progress lines
+    shape = _shape_for(settings.model)
+    study = open_study(settings, url)
+    recovered = recover_stale_trials(study)
+    enqueue_baselines(study, settings, shape)
+    done = count_done(study)
+    remaining = None if n_trials is None else max(0, n_trials - done)
+    time_left = None if timeout_s is None else max(0.0, timeout_s - elapsed_s(study))
+    progress = _Progress(n_trials or done + 1, settings.objectives, quiet)
+    progress.best = _best_text(study, settings)
+    allocator = None
+    if max_concurrent_trials > 1:
+        from vtune._scheduler import ResourcePool
+
+        allocator = ResourcePool(settings.target)
+    runner = _Runner(settings, shape, study, progress, allocator)
+
+    def on_done(st: optuna.Study, _t: FrozenTrial) -> None:
+        progress.best = _best_text(st, settings)
+
+    if (remaining is None or remaining > 0) and (time_left is None or time_left > 0):
+        callbacks: list[Any] = [on_done]
+        if n_trials is not None:
+            callbacks.append(optuna.study.MaxTrialsCallback(
+                n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+        study.optimize(runner, n_trials=remaining, timeout=time_left, catch=(TrialFailed,), callbacks=callbacks,
+                       n_jobs=max(1, max_concurrent_trials), gc_after_trial=False)
+    remeasure(study, settings, runner)
+    exported = export_best(study, settings)
+    return summarize(study, settings, url, exported, recovered)
+
+
+def _shape_for(model: str) -> ModelShape:
+    return load_model_shape(model)
+
+
+def _best_text(study: optuna.Study, settings: StudySettings) -> str:
+    best = best_trials(study)
+    if not best:
+        return ""
+    t = best[0]
+    return f"{objective_summary(settings.objectives, t.values)} (trial {t.number})"
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Feasible best trials: the best one, or the Pareto front (multi-objective)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
+    feasible = [t for t in done if is_feasible(t)] or done
+    if not feasible:
+        return []
+    if len(study.directions) == 1:
+        sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+        return sorted(feasible, key=lambda t: -sign * float(t.values[0]))
+    from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+
+    return _get_pareto_front_trials_by_trials(feasible, study.directions)
+
+
+def remeasure(study: optuna.Study, settings: StudySettings, runner: _Runner) -> None:
+    """Re-measures the best few configurations once each (kept in the study's user attrs)."""
+    k = settings.remeasure_top_k
+    if k <= 0:
+        return
+    done: dict[str, list[float]] = dict(study.user_attrs.get("remeasurements") or {})
+    top = best_trials(study)[:k]
+    for t in top:
+        if str(t.number) in done:
+            continue
+        cfg = ServeConfig.from_dict(t.user_attrs["config"])
+        run_dir = settings.study_dir / "remeasure" / str(t.number)
+        gpus = list(settings.target.gpus[: cfg.num_gpus]) if settings.target.device == "gpu" else None
+        runner.progress.line(count_done(study), t.number, "re-measure", "launching", 0)
+        rec = run_trial(cfg, settings.workload, run_dir, gpus=gpus, duration_s=settings.duration_s,
+                        cache_dir=runner.cache_dir)
+        if rec.result is None:
+            continue
+        values = [o.value(rec.result) for o in settings.objectives]
+        done[str(t.number)] = [float(t.values[0]), values[0]]
+        study.set_user_attr("remeasurements", done)
+
+
+def export_best(study: optuna.Study, settings: StudySettings, pick: str | None = None) -> list[str]:
+    """Writes ``configs/<name>.yaml``, ``.flags`` and ``.env`` for the best trial."""
+    trial = pick_trial(study, settings, pick)
+    if trial is None:
+        return []
+    cfg = ServeConfig.from_dict(trial.user_attrs["config"])
+    settings.configs_dir.mkdir(parents=True, exist_ok=True)
+    stem = settings.configs_dir / settings.name
+    yaml_cfg = cfg.replace(env={})
+    header = (f"# vtune study {settings.name}, trial {trial.number}: "
+              f"{objective_summary(settings.objectives, trial.values)}\n"
+              f"# workload {settings.workload.name}; {settings.target.describe()}\n")
+    if cfg.env:
+        header += f"# environment: see {stem.name}.env ({' '.join(f'{k}={v}' for k, v in cfg.env.items())})\n"
+    paths = [stem.with_suffix(".yaml"), stem.with_suffix(".flags"), stem.with_suffix(".env")]
+    paths[0].write_text(header + yaml_cfg.to_yaml())
+    paths[1].write_text(cfg.to_flags_line() + "\n")
+    paths[2].write_text("".join(f"{k}={v}\n" for k, v in sorted(cfg.env.items())))
+    return [str(p) for p in paths]
+
+
+def pick_trial(study: optuna.Study, settings: StudySettings, pick: str | None = None) -> FrozenTrial | None:
+    """The best trial; with ``pick`` (e.g. ``ttft_p99<500``), the best of the front meeting it.
+
+    The first objective ranks the candidates; ``pick`` filters them by another
+    objective's bound.
+
+    Raises:
+        VtuneError: A malformed ``--pick`` or no trial meeting it.
+    """
+    import re
+
+    front = best_trials(study)
+    if not front:
+        return None
+    if not pick:
+        return front[0] if len(study.directions) == 1 else _rank_front(front, settings)[0]
+    m = re.match(r"^\s*([a-z0-9_]+)\s*(<=|<|>=|>)\s*([0-9.]+)\s*$", pick)
+    names = [o.name for o in settings.objectives]
+    if not m or m.group(1) not in names:
+        raise VtuneError(f"--pick {pick}: write OBJECTIVE<VALUE with an objective of the study ({', '.join(names)})")
+    idx, op, bound = names.index(m.group(1)), m.group(2), float(m.group(3))
+    ok = {"<": lambda v: v < bound, "<=": lambda v: v <= bound, ">": lambda v: v > bound,
+          ">=": lambda v: v >= bound}[op]
+    chosen = [t for t in _rank_front(front, settings) if ok(float(t.values[idx]))]
+    if not chosen:
+        raise VtuneError(f"--pick {pick}: no trial on the Pareto front meets it")
+    return chosen[0]
+
+
+def _rank_front(front: list[FrozenTrial], settings: StudySettings) -> list[FrozenTrial]:
+    first = settings.objectives[0]
+    return sorted(front, key=lambda t: -float(t.values[0]) if first.maximize else float(t.values[0]))
+
+
+def summarize(study: optuna.Study, settings: StudySettings, url: str, exported: list[str],
+              recovered: list[int]) -> StudySummary:
+    """Counts of what the study did."""
+    trials = study.get_trials(deepcopy=False)
+    pruned_before = [t for t in trials if t.user_attrs.get("pruned_by") in ("memory_model", "invalid_config")]
+    early = [t for t in trials if t.user_attrs.get("pruned_by") == "early_stopping"]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    launches = [t for t in trials if t.user_attrs.get("run_dir")]
+    best = pick_trial(study, settings)
+    return StudySummary(
+        name=settings.name, storage=url,
+        finished_trials=count_done(study), launches=len(launches), pruned_before_launch=len(pruned_before),
+        stopped_early=len(early), failed=len(failed),
+        gpu_seconds_saved=sum(float(t.user_attrs.get("gpu_seconds_saved", 0.0)) for t in early),
+        best_trial=best.number if best else None, best_values=list(best.values) if best else None,
+        best_flags=best.user_attrs.get("flags") if best else None, exported=exported, recovered=recovered,
+    )
+
+
+def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial (for the report and ``--json``)."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        res = t.user_attrs.get("result") or {}
+        rows.append({
+            "number": t.number, "state": t.state.name, "baseline": t.user_attrs.get("baseline"),
+            "values": t.values, "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None,
+            "params": dict(t.params), "flags": t.user_attrs.get("flags"),
+            "pruned_by": t.user_attrs.get("pruned_by"), "reason": t.user_attrs.get("reason"),
+            "failure": (t.user_attrs.get("failure") or {}).get("kind"),
+            "output_tokens_per_second": res.get("output_tokens_per_second"),
+            "goodput_requests_per_second": res.get("goodput_requests_per_second"),
+            "timings": t.user_attrs.get("timings"),
+        })
+    return rows
+
+
+def dump_json(obj: Any) -> str:
+    """JSON text with non-finite floats as null."""
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, list | tuple):
+            return [clean(v) for v in o]
+        return o
+
+    return json.dumps(clean(obj), indent=2, default=str)
