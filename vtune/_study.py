@@ -249,16 +249,23 @@ class _Progress:
               file=sys.stderr, flush=True)
 
 
+#: The pluggable measurement: same signature and result as :func:`vtune._trial.run_trial`.
+#: A study normally launches real engines; a replay of a recorded landscape passes a
+#: function that looks the configuration up instead, and the rest of the study is unchanged.
+TrialFn = Any
+
+
 class _Runner:
     """The objective function of the study (one call = one trial)."""
 
     def __init__(self, settings: StudySettings, shape: ModelShape, study: optuna.Study, progress: _Progress,
-                 gpu_allocator: Any = None) -> None:
+                 gpu_allocator: Any = None, trial_fn: TrialFn = run_trial) -> None:
         self.s = settings
         self.shape = shape
         self.study = study
         self.progress = progress
         self.alloc = gpu_allocator
+        self.trial_fn = trial_fn
         self.cache_dir = settings.study_dir / "cache"
 
     # -- calibration lives in the study, shared with workers
@@ -334,8 +341,8 @@ class _Runner:
                 gpus = list(s.target.gpus[: cfg.num_gpus])
         trial.set_user_attr("gpus", gpus)
         try:
-            rec = run_trial(cfg, s.workload, run_dir, gpus=gpus, duration_s=s.duration_s, cache_dir=self.cache_dir,
-                            on_step=on_step, on_phase=on_phase, on_launch=on_launch)
+            rec = self.trial_fn(cfg, s.workload, run_dir, gpus=gpus, duration_s=s.duration_s,
+                                cache_dir=self.cache_dir, on_step=on_step, on_phase=on_phase, on_launch=on_launch)
         finally:
             if lease is not None and self.alloc is not None:
                 self.alloc.release(lease)
@@ -577,6 +584,8 @@ def run_study(
     timeout_s: float | None = None,
     quiet: bool = False,
     max_concurrent_trials: int = 1,
+    trial_fn: TrialFn = run_trial,
+    export: bool = True,
 ) -> StudySummary:
     """Runs (or resumes) a study to its budget, re-measures the best and exports it.
 
@@ -587,6 +596,9 @@ def run_study(
         timeout_s: Wall seconds in all, counting time already spent (None: no limit).
         quiet: No progress lines.
         max_concurrent_trials: Trials run at once on disjoint GPUs/cores.
+        trial_fn: How a trial is measured (default: a real engine and load,
+            :func:`vtune._trial.run_trial`; a replay passes a table lookup).
+        export: Write the best config under ``configs/`` at the end.
     """
     url = storage_url or default_storage(settings.name, settings.studies_dir)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # vtune prints its own progress lines
@@ -604,7 +616,7 @@ def run_study(
         from vtune._scheduler import ResourcePool
 
         allocator = ResourcePool(settings.target)
-    runner = _Runner(settings, shape, study, progress, allocator)
+    runner = _Runner(settings, shape, study, progress, allocator, trial_fn)
 
     def on_done(st: optuna.Study, _t: FrozenTrial) -> None:
         progress.best = _best_text(st, settings)
@@ -617,7 +629,7 @@ def run_study(
         study.optimize(runner, n_trials=remaining, timeout=time_left, catch=(TrialFailed,), callbacks=callbacks,
                        n_jobs=max(1, max_concurrent_trials), gc_after_trial=False)
     remeasure(study, settings, runner)
-    exported = export_best(study, settings)
+    exported = export_best(study, settings) if export else []
     return summarize(study, settings, url, exported, recovered)
 
 
@@ -661,8 +673,8 @@ def remeasure(study: optuna.Study, settings: StudySettings, runner: _Runner) -> 
         run_dir = settings.study_dir / "remeasure" / str(t.number)
         gpus = list(settings.target.gpus[: cfg.num_gpus]) if settings.target.device == "gpu" else None
         runner.progress.line(count_done(study), t.number, "re-measure", "launching", 0)
-        rec = run_trial(cfg, settings.workload, run_dir, gpus=gpus, duration_s=settings.duration_s,
-                        cache_dir=runner.cache_dir)
+        rec = runner.trial_fn(cfg, settings.workload, run_dir, gpus=gpus, duration_s=settings.duration_s,
+                              cache_dir=runner.cache_dir)
         if rec.result is None:
             continue
         values = [o.value(rec.result) for o in settings.objectives]
