@@ -111,6 +111,13 @@ reports = sys.argv[3:]
 def emit(**e):
     sys.stdout.write("VTUNE_LOAD " + json.dumps(e) + "\n"); sys.stdout.flush()
 print("GuideLLM noise on stdout", flush=True)
+if spec.get("wait_for_go"):
+    emit(event="ready")
+    go = sys.stdin.readline()
+    if not go.startswith("go"):
+        sys.exit(0)
+    spec.update(json.loads(go[2:].strip() or "{}"))
+    (out / "fake-served-model.txt").write_text(spec["served_model"])
 if mode == "hang":
     time.sleep(600)
 if mode == "error":
@@ -158,6 +165,8 @@ def test_run_load_reports_every_step(fake_child: list[str], tmp_path: Path, toke
     assert [s.index for s in seen] == [0, 1]
     assert res.stopped_early is False
     assert json.loads((out / "fake-answers.json").read_text()) == ["continue", "continue"]
+    # The child was started ahead (prepare_load) and learned the served name with "go".
+    assert (out / "fake-served-model.txt").read_text() == "tiny-llama"
     expected = trial_result_from_reports(res.report_paths, wl.slo)
     assert res.result == expected
     assert seen[1].cumulative == expected
@@ -385,3 +394,12 @@ def test_e2e_load_chatbot(tmp_path: Path) -> None:
     while _group_alive(server.pid) and time.monotonic() < deadline:
         time.sleep(0.5)  # killed members may linger a moment before they are reaped
     assert not _group_alive(server.pid)
+
+
+def test_prepared_child_is_cancelled_cleanly(fake_child: list[str], tmp_path: Path, tokenizer_dir: Path) -> None:
+    prepared = load_mod.prepare_load("http://127.0.0.1:8000", tokenizer_dir, _two_step_chatbot(), tmp_path / "out")
+    event = prepared.child.next_event(60)
+    assert event == {"event": "ready"}
+    prepared.cancel()
+    assert prepared.child.proc.poll() is not None
+    assert not (tmp_path / "out" / "fake-served-model.txt").exists()

@@ -258,37 +258,38 @@ def _child_command(spec_path: Path) -> list[str]:
     return [sys.executable, "-m", "vtune._load", str(spec_path)]
 
 
-def run_load(
-    target_url: str,
-    served_model: str,
-    tokenizer_dir: Path,
-    workload: Workload,
-    out_dir: Path,
-    *,
-    duration_s: float | None = None,
-    on_step: Callable[[int, StepResult], bool] | None = None,
-) -> LoadResult:
-    """Runs the workload's load against a server, step by step.
+@dataclass
+class PreparedLoad:
+    """A GuideLLM child started ahead of the load (see :func:`prepare_load`).
 
-    Args:
-        target_url: Server base URL, e.g. ``http://127.0.0.1:8000`` (``/v1`` optional).
-        served_model: Model name the server serves (``--served-model-name``).
-        tokenizer_dir: Local folder of the served model's tokenizer (no downloads).
-        workload: What to send and the objectives.
-        out_dir: Folder for the reports and the result (created).
-        duration_s: Measured seconds in all, overriding the workload's (same steps).
-        on_step: Called as ``on_step(step_index, step_result)`` after each step;
-            returning False stops the load early.
+    Attributes:
+        child: The child process and its protocol reader.
+        workload: The workload with the duration applied.
+        out_dir: The load's folder.
+        log_path: GuideLLM's log.
+    """
 
-    Returns:
-        The combined result of the finished steps; also saved as
-        ``out_dir/load_result.json``.
+    child: _Child
+    workload: Workload
+    out_dir: Path
+    log_path: Path
+
+    def cancel(self) -> None:
+        """Ends the child without running the load (the engine did not come up)."""
+        self.child.stop(grace_s=5.0)
+
+
+def prepare_load(
+    target_url: str, tokenizer_dir: Path, workload: Workload, out_dir: Path, *, duration_s: float | None = None
+) -> PreparedLoad:
+    """Starts the GuideLLM child now; it imports GuideLLM and waits for :func:`run_load`.
+
+    Called while the engine is still starting, so GuideLLM's start-up (seconds of
+    imports) is not added to the trial's time.
 
     Raises:
-        VtuneError: If the tokenizer folder is missing, GuideLLM fails or hangs,
-            or no step finished.
+        VtuneError: No tokenizer files in ``tokenizer_dir``.
     """
-    t0 = time.time()
     wl = workload.with_duration(duration_s) if duration_s is not None else workload
     tokenizer_dir = Path(tokenizer_dir).expanduser().resolve()
     if not (tokenizer_dir / "tokenizer_config.json").is_file() and not (tokenizer_dir / "tokenizer.json").is_file():
@@ -304,13 +305,15 @@ def run_load(
         "schema_version": SCHEMA_VERSION,
         "description": "input of `python -m vtune._load`: one GuideLLM load, in steps",
         "target_url": url,
-        "served_model": served_model,
+        "served_model": "",  # sent with "go", once the server has said its name
         "tokenizer_dir": str(tokenizer_dir),
         "out_dir": str(out_dir),
         "workload": wl.to_dict(),
         # The prompts as the parent resolved them (output_tokens filled in).
         "prompts": [{"prompt": p.prompt, "output_tokens": p.output_tokens} for p in wl.prompts],
         "seed": 42,
+        # The child imports GuideLLM, then waits for "go {served_model}" on stdin.
+        "wait_for_go": True,
     }
     spec_path = out_dir / _SPEC_NAME
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
@@ -328,6 +331,51 @@ def run_load(
         )
     child = _Child(proc)
     child.start_reader()
+    return PreparedLoad(child=child, workload=wl, out_dir=out_dir, log_path=log_path)
+
+
+def run_load(
+    target_url: str,
+    served_model: str,
+    tokenizer_dir: Path,
+    workload: Workload,
+    out_dir: Path,
+    *,
+    duration_s: float | None = None,
+    on_step: Callable[[int, StepResult], bool] | None = None,
+    prepared: PreparedLoad | None = None,
+) -> LoadResult:
+    """Runs the workload's load against a server, step by step.
+
+    Args:
+        target_url: Server base URL, e.g. ``http://127.0.0.1:8000`` (``/v1`` optional).
+        served_model: Model name the server serves (``--served-model-name``).
+        tokenizer_dir: Local folder of the served model's tokenizer (no downloads).
+        workload: What to send and the objectives.
+        out_dir: Folder for the reports and the result (created).
+        duration_s: Measured seconds in all, overriding the workload's (same steps).
+        on_step: Called as ``on_step(step_index, step_result)`` after each step;
+            returning False stops the load early.
+        prepared: A child started ahead by :func:`prepare_load` (its workload,
+            duration and folder are used; GuideLLM's import then overlapped the
+            engine's start-up).
+
+    Returns:
+        The combined result of the finished steps; also saved as
+        ``out_dir/load_result.json``.
+
+    Raises:
+        VtuneError: If the tokenizer folder is missing, GuideLLM fails or hangs,
+            or no step finished.
+    """
+    t0 = time.time()
+    wl = workload.with_duration(duration_s) if duration_s is not None else workload
+    if prepared is not None:
+        wl, out_dir = prepared.workload, prepared.out_dir
+    if prepared is None:
+        prepared = prepare_load(target_url, tokenizer_dir, wl, out_dir)
+    child, log_path = prepared.child, prepared.log_path
+    child.send("go " + json.dumps({"served_model": served_model}))
     steps: list[StepResult] = []
     benches: list[BenchmarkSamples] = []
     stopped_early = False
@@ -341,7 +389,7 @@ def run_load(
             except TimeoutError:
                 raise VtuneError(f"GuideLLM did not finish a step within {deadline_s:.0f} s; see {log_path}") from None
             if event is None:
-                code = proc.wait(timeout=30)
+                code = child.proc.wait(timeout=30)
                 if len(steps) == wl.steps or stopped_early:
                     clean = True
                     break
@@ -349,6 +397,8 @@ def run_load(
                     f"GuideLLM load stopped after {len(steps)} of {wl.steps} steps (exit code {code}); see {log_path}"
                 )
             kind = event.get("event")
+            if kind == "ready":
+                continue
             if kind == "error":
                 raise VtuneError(f"GuideLLM load failed: {event.get('message')}; see {log_path}")
             if kind == "done":
@@ -629,6 +679,16 @@ def _child_main(spec_path: str) -> int:
     _use_forkserver()
     try:
         spec = json.loads(Path(spec_path).read_text())
+        if spec.get("wait_for_go"):
+            import guidellm.benchmark.benchmarker  # noqa: F401 - the slow imports, done ahead
+            import guidellm.benchmark.entrypoints  # noqa: F401
+
+            proto.write(_PROTO_PREFIX + json.dumps({"event": "ready"}) + "\n")
+            proto.flush()
+            line = sys.stdin.readline()
+            if not line.startswith("go"):
+                return 0  # cancelled: the engine never came up
+            spec.update(json.loads(line[2:].strip() or "{}"))
         asyncio.run(_child_run(spec, proto))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then re-raised
         proto.write(_PROTO_PREFIX + json.dumps({"event": "error", "message": f"{type(exc).__name__}: {exc}"}) + "\n")
