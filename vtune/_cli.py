@@ -377,9 +377,15 @@ def _cmd_study(args: argparse.Namespace) -> int:
     timeout_s = _parse_duration_s(args.timeout, "--timeout")
     if not args.json:
         active = ", ".join(d.name for d in settings.space.active)
+        from vtune._study import default_concurrency
+
+        k = args.max_concurrent_trials or default_concurrency(settings)
         print(f"study {settings.name}: {settings.model} on {settings.target.describe()}, workload "
               f"{settings.workload.name}, objectives {','.join(o.name for o in settings.objectives)}\n"
-              f"  sampling: {active}\n  fixed: {settings.base.to_flags_line()}", flush=True)
+              f"  sampling: {active}\n  fixed: {settings.base.to_flags_line()}\n"
+              f"  trials at once: {k}", flush=True)
+    if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
+        raise VtuneError(f"--max-concurrent-trials must be >= 1, got {args.max_concurrent_trials}")
     summary = run_study(settings, storage_url=args.storage, n_trials=args.n_trials, timeout_s=timeout_s,
                         quiet=args.json, max_concurrent_trials=args.max_concurrent_trials)
     if args.report:
@@ -404,6 +410,29 @@ def _cmd_study(args: argparse.Namespace) -> int:
         print(f"  wrote {path}")
     print(f"storage: {summary.storage}\n  see: vtune report --study {settings.name}; "
           f"vtune dashboard --study {settings.name}")
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vtune._study import dump_json, run_worker
+
+    if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
+        raise VtuneError(f"--max-concurrent-trials must be >= 1, got {args.max_concurrent_trials}")
+    summary = run_worker(args.study, args.storage, gpus=args.gpus, n_trials=args.n_trials,
+                         max_concurrent_trials=args.max_concurrent_trials, studies_dir=Path(args.studies_dir),
+                         quiet=args.json)
+    if args.json:
+        print(dump_json(summary.to_dict()))
+        return 0
+    print(f"worker done: ran trial(s) {summary.ran_here or 'none'} ({summary.max_concurrent_trials} at once); "
+          f"the study has {summary.finished_trials} finished trial(s), {summary.failed} failed")
+    if summary.recovered:
+        print(f"trial(s) {summary.recovered} left running by a dead process here were marked failed")
+    if summary.best_trial is not None:
+        print(f"best so far: trial {summary.best_trial}: {summary.best_flags}")
+    print(f"the study's `vtune study` process re-measures and exports the best; storage: {summary.storage}")
     return 0
 
 
@@ -533,8 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration-s", type=float, help="measured load seconds per trial (default: the workload's)")
     p.add_argument("--concurrency", type=int, help="concurrent streams of the workload's load (override)")
     p.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: all found)")
-    p.add_argument("--max-concurrent-trials", type=int, default=1,
-                   help="trials run at once on disjoint GPUs (or CPU cores); default 1")
+    p.add_argument("--max-concurrent-trials", type=int, default=None,
+                   help="trials run at once on disjoint GPUs (or CPU cores); default: as many as fill the node "
+                        "(GPUs // the smallest layout's GPUs; on the CPU engine one core per rank), 1 when every "
+                        "layout needs the whole node")
     p.add_argument("--strict-memory", action="store_true",
                    help="also prune max-num-seqs far above the KV concurrency the memory model predicts")
     p.add_argument("--remeasure", type=int, default=2, help="best configs re-measured at the end (default 2)")
@@ -545,6 +576,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress lines)")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then vllm serve flags fixed for every trial")
     p.set_defaults(func=_cmd_study)
+
+    p = sub.add_parser("worker", help="join a running study from another machine (or more GPUs) and run its trials",
+                       description="Rebuild a study from its storage (model, workload, space, objectives, budget) "
+                                   "and run its trials on this machine's GPUs (or CPU cores) until its budget is "
+                                   "spent. Workers only run trials: the `vtune study` process enqueues baselines, "
+                                   "re-measures and exports. Use a PostgreSQL --storage shared by all machines.")
+    _add_study_location(p)
+    p.add_argument("--gpus", help="GPU indices this worker uses, e.g. 0,1 (default: all found)")
+    p.add_argument("--n-trials", type=int, help="most trials this worker runs (default: until the study's budget "
+                   "is spent)")
+    p.add_argument("--max-concurrent-trials", type=int, default=None,
+                   help="trials run at once here on disjoint GPUs (or CPU cores); default: as many as fill the node")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress lines)")
+    p.set_defaults(func=_cmd_worker)
 
     p = sub.add_parser("best", help="print the best configuration of a study")
     _add_study_location(p)

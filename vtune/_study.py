@@ -26,7 +26,9 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +41,15 @@ from vtune._memory import Calibration, estimate_memory, parameter_count
 from vtune._model_shape import ModelShape, load_model_shape
 from vtune._objectives import NoiseAwarePruner, Objective, is_feasible, objective_summary, slo_constraints
 from vtune._serve_config import ServeConfig
-from vtune._space import SearchSpace, apply_values, layout_name
+from vtune._space import SearchSpace, apply_values, layout_name, parse_layout
 from vtune._target import Target
 from vtune._trial import TrialRecord, run_trial
 from vtune._workload import Workload
 
-__all__ = ["SCHEMA_VERSION", "StudySettings", "StudySummary", "default_storage", "run_study", "load_settings"]
+__all__ = [
+    "SCHEMA_VERSION", "StudySettings", "StudySummary", "default_concurrency", "default_storage", "load_settings",
+    "make_storage", "prepare_study", "run_study", "run_worker", "wait_for_running", "worker_target",
+]
 
 SCHEMA_VERSION = 1
 ATTR = "vtune"  # study user attribute holding the settings
@@ -121,15 +126,115 @@ def default_storage(name: str, studies_dir: Path) -> str:
     return f"sqlite:///{(studies_dir / f'{name}.db').resolve()}"
 
 
-def make_storage(url: str, *, heartbeat: bool = True) -> optuna.storages.BaseStorage:
-    """An Optuna storage with heartbeats (dead workers' trials become FAIL)."""
+#: Seconds between a running trial's heartbeats in the storage.
+HEARTBEAT_INTERVAL_S = 20
+#: Seconds without a heartbeat after which a RUNNING trial's worker counts as lost.
+GRACE_PERIOD_S = 60
+
+
+class _VtuneRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose heartbeat sweep also records why a trial failed.
+
+    Optuna marks a RUNNING trial whose worker stopped sending heartbeats FAIL
+    (``optuna.storages.fail_stale_trials``, run by every worker before each new
+    trial). Once FAIL a trial's user attributes can no longer be written, so the
+    reason is written here, while the sweep finds the trial and it is still
+    RUNNING: ``failure = {"kind": "worker_lost", ...}``.
+
+    On SQLite it also makes claiming a waiting (enqueued) trial atomic: Optuna
+    relies on ``SELECT ... FOR UPDATE``, which SQLite ignores, so two threads or
+    processes could both start the same enqueued trial. Claims are serialized by
+    a lock (threads) and a lock file next to the database (processes).
+    """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._claim_lock = threading.Lock()
+        self._claim_file: str | None = None
+        if url.startswith("sqlite:///") and url.removeprefix("sqlite:///"):
+            self._claim_file = url.removeprefix("sqlite:///") + ".claim-lock"
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_claim_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._claim_lock = threading.Lock()
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state != TrialState.RUNNING or not self.engine.name == "sqlite":
+            return super().set_trial_state_values(trial_id, state, values)
+        with self._claim_lock:
+            if self._claim_file is None:
+                return super().set_trial_state_values(trial_id, state, values)
+            import fcntl
+
+            with open(self._claim_file, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    return super().set_trial_state_values(trial_id, state, values)
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = list(super()._get_stale_trial_ids(study_id))
+        for trial_id in stale:
+            _note_worker_lost(self, trial_id, self.grace_period or 2 * (self.heartbeat_interval or 0))
+        return stale
+
+
+def _note_worker_lost(storage: optuna.storages.BaseStorage, trial_id: int, grace_s: float) -> None:
+    """Writes the ``worker_lost`` failure of a trial whose worker stopped sending heartbeats."""
+    try:
+        trial = storage.get_trial(trial_id)
+    except KeyError:
+        return
+    if trial.state != TrialState.RUNNING:
+        return
+    worker = trial.user_attrs.get("worker") or {}
+    who = f"pid {worker.get('pid')} on {worker.get('host')}" if worker else "an unknown worker"
+    engine_stopped = False
+    if worker.get("host") == socket.gethostname() and not _process_alive(worker):
+        engine_stopped = _kill_stale_engine(trial.user_attrs.get("engine") or {})
+    message = (f"worker lost: no heartbeat from the vtune worker ({who}) for more than {grace_s:g} s "
+               f"(killed, crashed or cut off from the storage); marked failed by pid {os.getpid()} on "
+               f"{socket.gethostname()}{' and its engine was stopped' if engine_stopped else ''}")
+    failure = {"kind": "worker_lost", "message": message, "log_line": None, "exit_code": None,
+               "worker": worker, "noticed_by": _worker_id()}
+    try:
+        storage.set_trial_user_attr(trial_id, "failure", failure)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # another worker failed it first (and wrote the reason)
+
+
+def make_storage(url: str, *, heartbeat: bool = True, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
+                 grace_period_s: int = GRACE_PERIOD_S) -> optuna.storages.BaseStorage:
+    """An Optuna storage with heartbeats: dead workers' trials become FAIL, with the reason.
+
+    Args:
+        url: ``sqlite:///path.db``, ``postgresql://...``, ``mysql://...`` or ``journal:/path.log``.
+        heartbeat: Send heartbeats from running trials and fail stale ones (RDB storages only).
+        heartbeat_interval_s: Seconds between heartbeats (whole seconds, as Optuna wants).
+        grace_period_s: Seconds without heartbeat after which a trial's worker is lost;
+            every worker of a study should use the same value.
+
+    Raises:
+        VtuneError: An unknown scheme or a database that cannot be opened.
+    """
     if url.startswith(("sqlite", "postgresql", "mysql")):
         kw: dict[str, Any] = {}
         if heartbeat:
-            kw.update(heartbeat_interval=20, grace_period=60)
+            if heartbeat_interval_s < 1 or grace_period_s <= heartbeat_interval_s:
+                raise VtuneError(f"heartbeat every {heartbeat_interval_s} s with a grace period of {grace_period_s} s: "
+                                 "use an interval >= 1 s and a longer grace period")
+            kw.update(heartbeat_interval=int(heartbeat_interval_s), grace_period=int(grace_period_s))
         engine_kwargs = {"pool_pre_ping": True} if url.startswith("postgresql") else {}
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kw)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return _VtuneRDBStorage(url, engine_kwargs=engine_kwargs, **kw)
         except Exception as exc:
             raise VtuneError(f"--storage {url}: cannot open it ({str(exc).splitlines()[0]})") from None
     if url.startswith("journal:"):
@@ -213,7 +318,31 @@ def _memory_guess(settings: StudySettings, shape: ModelShape, base: ServeConfig)
 
 # ------------------------------------------------------------------------ trials
 def _worker_id() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """Who runs here: host, pid and the pid's start time (to tell a reused pid apart)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_started(os.getpid())}
+
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except psutil.Error:
+        return None
+
+
+def _process_alive(worker: dict[str, Any]) -> bool:
+    """Whether the worker process recorded as ``{host, pid, started}`` still runs on this host."""
+    import psutil
+
+    pid = worker.get("pid")
+    if not pid or not psutil.pid_exists(pid):
+        return False
+    started = worker.get("started")
+    if started is not None:
+        now = _process_started(pid)
+        return now is not None and abs(now - float(started)) < 0.05
+    return _is_vtune(pid)
 
 
 def config_problem(cfg: ServeConfig) -> str | None:
@@ -259,14 +388,16 @@ class _Runner:
     """The objective function of the study (one call = one trial)."""
 
     def __init__(self, settings: StudySettings, shape: ModelShape, study: optuna.Study, progress: _Progress,
-                 gpu_allocator: Any = None, trial_fn: TrialFn = run_trial) -> None:
+                 gpu_allocator: Any = None, trial_fn: TrialFn = run_trial, cores_per_rank: int = 1) -> None:
         self.s = settings
         self.shape = shape
         self.study = study
         self.progress = progress
-        self.alloc = gpu_allocator
+        self.alloc = gpu_allocator  # a ResourcePool when trials run at once, else None
         self.trial_fn = trial_fn
+        self.cores_per_rank = max(1, cores_per_rank)
         self.cache_dir = settings.study_dir / "cache"
+        self._lock = threading.Lock()
 
     # -- calibration lives in the study, shared with workers
     def calibration(self) -> Calibration:
@@ -276,6 +407,52 @@ class _Runner:
     def _save_calibration(self, cal: Calibration) -> None:
         self.study.set_user_attr("calibration", cal.to_dict())
 
+    # -- resources: GPUs, or CPU cores on the CPU engine
+    def units_needed(self, cfg: ServeConfig) -> int:
+        """GPUs (TP x PP x DP), or CPU cores (that many ranks x cores per rank), a config takes."""
+        return cfg.num_gpus * (1 if self.s.target.device == "gpu" else self.cores_per_rank)
+
+    def resource_problem(self, cfg: ServeConfig) -> str | None:
+        """Why this node can never run ``cfg`` (None: it can)."""
+        target = self.s.target
+        n = self.units_needed(cfg)
+        have = target.num_gpus if target.device == "gpu" else len(target.cpu_cores)
+        if n <= have:
+            return None
+        what = "GPU" if target.device == "gpu" else "CPU core"
+        layout = layout_name(cfg.tp, cfg.pp, cfg.dp)
+        return f"{layout} needs {n} {what}s but this node (pid {os.getpid()} on {socket.gethostname()}) has {have}"
+
+    def lease(self, cfg: ServeConfig, on_wait: Any = None) -> tuple[list[int] | None, list[int] | None,
+                                                                      list[int] | None]:
+        """``(gpus, cpu_cores, lease)`` for a trial of ``cfg``; blocks while the units are busy.
+
+        Without a pool (one trial at a time) a GPU trial takes the first GPUs and a
+        CPU trial the whole machine (no pinning); ``lease`` is then None.
+
+        Args:
+            cfg: The configuration.
+            on_wait: Called once before blocking, when the units are not free now.
+        """
+        n = self.units_needed(cfg)
+        if self.alloc is None:
+            gpus = list(self.s.target.gpus[:n]) if self.s.target.device == "gpu" else None
+            return gpus, None, None
+        try:
+            units = self.alloc.acquire(n, timeout_s=0)
+        except TimeoutError:
+            if on_wait is not None:
+                on_wait()
+            units = self.alloc.acquire(n)
+        if self.s.target.device == "gpu":
+            return list(units), None, units
+        return None, list(units), units
+
+    def release(self, lease: list[int] | None) -> None:
+        """Gives a lease back (no-op for None)."""
+        if lease is not None and self.alloc is not None:
+            self.alloc.release(lease)
+
     def __call__(self, trial: optuna.Trial) -> Any:
         t0 = time.monotonic()
         s = self.s
@@ -283,7 +460,7 @@ class _Runner:
         cfg = s.space.sample(trial, s.base)
         baseline = trial.user_attrs.get("baseline")
         if baseline and trial.user_attrs.get("baseline_config"):
-            cfg = ServeConfig.from_dict(trial.user_attrs["baseline_config"])
+            cfg = ServeConfig.from_dict(trial.user_attrs["baseline_config"]).replace(model=s.model)
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("flags", cfg.to_flags_line())
         what = baseline or " ".join(f"{k}={v}" for k, v in trial.params.items())
@@ -295,6 +472,12 @@ class _Runner:
             trial.set_user_attr("reason", problem)
             self.progress.line(done, trial.number, what, f"pruned ({problem})", 0)
             raise optuna.TrialPruned(problem)
+        too_big = self.resource_problem(cfg)
+        if too_big:
+            trial.set_user_attr("pruned_by", "resources")
+            trial.set_user_attr("reason", too_big)
+            self.progress.line(done, trial.number, what, f"pruned before launch ({too_big})", 0)
+            raise optuna.TrialPruned(too_big)
         cal = self.calibration()
         est = estimate_memory(self.shape, cfg, s.target.gpu, device=s.target.device, calibration=cal,
                               num_gpus=s.target.num_gpus or None)
@@ -331,24 +514,23 @@ class _Runner:
         def on_phase(phase: str) -> None:
             self.progress.line(done, trial.number, what, phase, time.monotonic() - t0)
 
-        gpus = None
-        lease = None
-        if s.target.device == "gpu":
-            if self.alloc is not None:
-                lease = self.alloc.acquire(cfg.num_gpus)
-                gpus = list(lease)
-            else:
-                gpus = list(s.target.gpus[: cfg.num_gpus])
+        gpus, cores, lease = self.lease(cfg, on_wait=lambda: on_phase(
+            "waiting for free " + ("GPUs" if s.target.device == "gpu" else "CPU cores")))
         trial.set_user_attr("gpus", gpus)
+        trial.set_user_attr("cpu_cores", cores)
+        trial.set_user_attr("lease", {"device": s.target.device, "units": lease, **_worker_id()}
+                            if lease is not None else None)
+        extra: dict[str, Any] = {"cpu_cores": cores} if cores is not None else {}
         try:
             rec = self.trial_fn(cfg, s.workload, run_dir, gpus=gpus, duration_s=s.duration_s,
-                                cache_dir=self.cache_dir, on_step=on_step, on_phase=on_phase, on_launch=on_launch)
+                                cache_dir=self.cache_dir, on_step=on_step, on_phase=on_phase, on_launch=on_launch,
+                                **extra)
         finally:
-            if lease is not None and self.alloc is not None:
-                self.alloc.release(lease)
+            self.release(lease)
         self._record(trial, rec, est)
         if rec.startup is not None and s.target.device == "gpu":
-            self._save_calibration(self.calibration().observe(est, rec.startup.to_dict()))
+            with self._lock:  # trials finishing at once in this process must not drop an observation
+                self._save_calibration(self.calibration().observe(est, rec.startup.to_dict()))
         if rec.failure is not None:
             self.progress.line(done + 1, trial.number, what, f"FAILED {rec.failure.kind}", time.monotonic() - t0)
             raise TrialFailed(f"{rec.failure.kind}: {rec.failure.message}")
@@ -423,8 +605,6 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
     trials of other hosts are left to Optuna's heartbeat. The engine such a
     trial left behind is killed.
     """
-    import psutil
-
     marked = []
     here = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -432,7 +612,7 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
         if worker.get("host") != here:
             continue
         pid = worker.get("pid")
-        if pid == os.getpid() or (pid and psutil.pid_exists(pid) and _is_vtune(pid)):
+        if pid == os.getpid() or _process_alive(worker):
             continue
         killed = _kill_stale_engine(t.user_attrs.get("engine") or {})
         reason = (f"interrupted: the vtune process (pid {pid} on {here}) died while this trial ran; "
@@ -498,6 +678,8 @@ class StudySummary:
     best_flags: str | None
     exported: list[str]
     recovered: list[int]
+    ran_here: list[int] = field(default_factory=list)
+    max_concurrent_trials: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data."""
@@ -505,17 +687,26 @@ class StudySummary:
 
 
 def _make_sampler(settings: StudySettings) -> optuna.samplers.BaseSampler:
-    if len(settings.objectives) > 1:
-        return optuna.samplers.NSGAIISampler(seed=settings.seed, population_size=8)
-    # Few trials, mixed categorical/integer space: TPE with constant liar (parallel
-    # workers see each other's running trials) and a short random start.
+    """TPE with constant liar, for one objective and for several.
+
+    Trials run at once (threads of one process, or workers on other machines)
+    must not all sample the same promising spot: with ``constant_liar`` TPE counts
+    every RUNNING trial of the study, read from the storage at each sample, as a
+    bad result near its parameters. Optuna's TPE applies the liar to
+    multi-objective studies as well (a running trial is ranked with the worst),
+    so a Pareto study uses TPE too (NSGA-II ignores running trials and, with a
+    population of 8, is little better than random in the few dozen trials a
+    study has). Few trials and a mixed categorical/integer space: multivariate
+    TPE after a short random start.
+    """
     return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=4, multivariate=True,
-                                      constant_liar=True, warn_independent_sampling=False)
+                                      constant_liar=True)
 
 
-def open_study(settings: StudySettings, storage_url: str) -> optuna.Study:
+def open_study(settings: StudySettings, storage_url: str, *, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
+               grace_period_s: int = GRACE_PERIOD_S) -> optuna.Study:
     """Creates the study or loads it (resume); stores the settings on creation."""
-    storage = make_storage(storage_url)
+    storage = make_storage(storage_url, heartbeat_interval_s=heartbeat_interval_s, grace_period_s=grace_period_s)
     directions: list[Any] = [o.direction for o in settings.objectives]
     study = optuna.create_study(
         study_name=settings.name, storage=storage, directions=directions, load_if_exists=True,
@@ -538,13 +729,61 @@ def count_done(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
 
 
+def count_started(study: optuna.Study) -> int:
+    """Trials finished or running: what a study's budget has handed out."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                                         TrialState.RUNNING)))
+
+
 def elapsed_s(study: optuna.Study) -> float:
-    """Wall seconds already spent in finished trials (counts against ``--timeout``)."""
+    """Wall seconds already spent in finished trials (counts against ``--timeout``).
+
+    Trials that ran at once (packed on one node, or on several workers) count
+    once: this is the length of the union of the trials' intervals.
+    """
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+        if t.datetime_start and t.datetime_complete)
     total = 0.0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
-        if t.datetime_start and t.datetime_complete:
-            total += (t.datetime_complete - t.datetime_start).total_seconds()
+    cur_start, cur_end = None, None
+    for start, end in spans:
+        if cur_end is None or start > cur_end:
+            if cur_start is not None and cur_end is not None:
+                total += (cur_end - cur_start).total_seconds()
+            cur_start, cur_end = start, end
+        elif end > cur_end:
+            cur_end = end
+    if cur_start is not None and cur_end is not None:
+        total += (cur_end - cur_start).total_seconds()
     return total
+
+
+def layout_sizes(settings: StudySettings) -> list[int]:
+    """Units (GPUs, or CPU-engine ranks) each parallel layout the study can sample takes."""
+    dim = settings.space.get("parallel_layout")
+    if dim is not None and dim.enabled and dim.fixed is not None:
+        names = [str(dim.fixed)]
+    elif dim is not None and dim.active and dim.choices:
+        names = [str(c) for c in dim.choices]
+    else:
+        return [settings.base.num_gpus]
+    sizes = []
+    for name in names:
+        tp, pp, dp = parse_layout(name)
+        sizes.append(tp * pp * dp)
+    return sizes
+
+
+def default_concurrency(settings: StudySettings) -> int:
+    """Trials at once that fill the node: units // the smallest layout's size (at least 1).
+
+    Units are the GPUs on a GPU target and the cores on the CPU engine (one per
+    rank). A space whose layouts all take the whole node (the default GPU space:
+    every layout uses every GPU) gives 1.
+    """
+    units = settings.target.num_gpus if settings.target.device == "gpu" else len(settings.target.cpu_cores)
+    smallest = max(1, min(layout_sizes(settings)))
+    return max(1, units // smallest)
 
 
 def enqueue_baselines(study: optuna.Study, settings: StudySettings, shape: ModelShape) -> int:
@@ -583,54 +822,270 @@ def run_study(
     n_trials: int | None = 10,
     timeout_s: float | None = None,
     quiet: bool = False,
-    max_concurrent_trials: int = 1,
+    max_concurrent_trials: int | None = 1,
     trial_fn: TrialFn = run_trial,
     export: bool = True,
+    heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
+    grace_period_s: int = GRACE_PERIOD_S,
 ) -> StudySummary:
     """Runs (or resumes) a study to its budget, re-measures the best and exports it.
+
+    The study's budget (``n_trials``, ``timeout_s``) is stored with it, so that
+    workers on other machines (:func:`run_worker`) stop at the same budget. This
+    function alone enqueues the baselines, and, once no trial of the study is
+    running anywhere (trials of lost workers are failed on the way), re-measures
+    the best and exports it; workers only run trials.
 
     Args:
         settings: What to tune and how.
         storage_url: Optuna storage URL (default ``sqlite:///studies/<name>.db``).
-        n_trials: Trials in all, counting those already done (None: no limit).
+        n_trials: Trials in all, counting those already done or running anywhere (None: no limit).
         timeout_s: Wall seconds in all, counting time already spent (None: no limit).
         quiet: No progress lines.
-        max_concurrent_trials: Trials run at once on disjoint GPUs/cores.
+        max_concurrent_trials: Trials run at once here on disjoint GPUs/cores
+            (None: as many as fill the node, :func:`default_concurrency`).
         trial_fn: How a trial is measured (default: a real engine and load,
             :func:`vtune._trial.run_trial`; a replay passes a table lookup).
         export: Write the best config under ``configs/`` at the end.
+        heartbeat_interval_s: Seconds between a running trial's heartbeats.
+        grace_period_s: Seconds without heartbeat after which a worker is lost.
+
+    Raises:
+        VtuneError: Bad input (e.g. ``max_concurrent_trials`` below 1).
+    """
+    study, shape, recovered, url = prepare_study(settings, storage_url, n_trials=n_trials, timeout_s=timeout_s,
+                                                 heartbeat_interval_s=heartbeat_interval_s,
+                                                 grace_period_s=grace_period_s)
+    runner, ran, k = _run_trials_here(study, settings, shape, n_trials=n_trials, timeout_s=timeout_s, quiet=quiet,
+                                      max_concurrent_trials=max_concurrent_trials, trial_fn=trial_fn)
+    wait_for_running(study, quiet=quiet)
+    remeasure(study, settings, runner)
+    exported = export_best(study, settings) if export else []
+    summary = summarize(study, settings, url, exported, recovered)
+    summary.ran_here, summary.max_concurrent_trials = sorted(ran), k
+    return summary
+
+
+def prepare_study(
+    settings: StudySettings,
+    storage_url: str | None = None,
+    *,
+    n_trials: int | None = 10,
+    timeout_s: float | None = None,
+    heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
+    grace_period_s: int = GRACE_PERIOD_S,
+) -> tuple[optuna.Study, ModelShape, list[int], str]:
+    """Creates (or resumes) a study ready for trials, without running any.
+
+    Stores the settings (on creation) and the budget, fails trials left running
+    by dead processes of this host, and enqueues the baselines once. What
+    :func:`run_study` does first; a study prepared so can be run by workers alone.
+
+    Returns:
+        The study, the model's shape, the trials marked failed on resume, the storage URL.
     """
     url = storage_url or default_storage(settings.name, settings.studies_dir)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # vtune prints its own progress lines
     shape = _shape_for(settings.model)
-    study = open_study(settings, url)
+    study = open_study(settings, url, heartbeat_interval_s=heartbeat_interval_s, grace_period_s=grace_period_s)
     recovered = recover_stale_trials(study)
     enqueue_baselines(study, settings, shape)
-    done = count_done(study)
-    remaining = None if n_trials is None else max(0, n_trials - done)
+    study.set_user_attr("budget", {"n_trials": n_trials, "timeout_s": timeout_s})
+    return study, shape, recovered, url
+
+
+def run_worker(
+    name: str,
+    storage_url: str | None = None,
+    *,
+    gpus: str | None = None,
+    n_trials: int | None = None,
+    max_concurrent_trials: int | None = None,
+    studies_dir: Path = Path("studies"),
+    quiet: bool = False,
+    trial_fn: TrialFn = run_trial,
+    target: Target | None = None,
+    heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
+    grace_period_s: int = GRACE_PERIOD_S,
+) -> StudySummary:
+    """Joins a running study and runs its trials on this machine's GPUs (or CPU cores).
+
+    Everything (model, workload, space, objectives, fixed flags, budget,
+    calibration) comes from the storage; the hardware is this machine's. A
+    worker never enqueues baselines, re-measures or exports: ``vtune study``
+    does. It returns when it has run ``n_trials`` trials, or when the study's
+    budget is spent and no trial is running anywhere any more (it fails the
+    trials of lost workers on the way, like every worker before each trial).
+
+    Args:
+        name: The study.
+        storage_url: Its storage (default ``sqlite:///studies/<name>.db``: a worker on the same machine).
+        gpus: GPU indices this worker uses, e.g. ``0,1`` (default: all found here).
+        n_trials: Most trials this worker runs (None: until the study's budget is spent).
+        max_concurrent_trials: Trials at once here (None: as many as fill the node).
+        studies_dir: Where this worker keeps the trials' logs and results.
+        quiet: No progress lines.
+        trial_fn: How a trial is measured (see :func:`run_study`).
+        target: The hardware to use instead of finding it (tests).
+        heartbeat_interval_s: Seconds between a running trial's heartbeats.
+        grace_period_s: Seconds without heartbeat after which a worker is lost
+            (use the same value as the study's other processes).
+
+    Raises:
+        VtuneError: No such study, one not made by vtune, or hardware that does not match it.
+    """
+    if n_trials is not None and n_trials < 1:
+        raise VtuneError(f"--n-trials must be >= 1, got {n_trials}")
+    url = storage_url or default_storage(name, studies_dir)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise VtuneError(f"--study {name}: no study database at {url.removeprefix('sqlite:///')}; "
+                         "start the study with `vtune study` first or pass its --storage")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = make_storage(url, heartbeat_interval_s=heartbeat_interval_s, grace_period_s=grace_period_s)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise VtuneError(f"--study {name}: no such study in {url}; start it with `vtune study --study {name} "
+                         f"--storage {url}` first") from None
+    settings = load_settings(study, studies_dir=studies_dir, configs_dir=Path("configs"))
+    settings.target = target or worker_target(settings.target, gpus)
+    settings.model = _local_model(settings.model)
+    settings.base = settings.base.replace(model=settings.model)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=_make_sampler(settings),
+                              pruner=NoiseAwarePruner())
+    shape = _shape_for(settings.model)
+    recovered = recover_stale_trials(study)
+    budget = study.user_attrs.get("budget") or {}
+    study_n = budget.get("n_trials")
+    runner, ran, k = _run_trials_here(study, settings, shape, n_trials=study_n, own_cap=n_trials,
+                                      timeout_s=budget.get("timeout_s"), quiet=quiet,
+                                      max_concurrent_trials=max_concurrent_trials, trial_fn=trial_fn)
+    if n_trials is None or len(ran) < n_trials:
+        wait_for_running(study, quiet=quiet)
+    summary = summarize(study, settings, url, [], recovered)
+    summary.ran_here, summary.max_concurrent_trials = sorted(ran), k
+    return summary
+
+
+def worker_target(stored: Target, gpus: str | None = None) -> Target:
+    """The hardware here, for a worker of a study made on ``stored``.
+
+    Raises:
+        VtuneError: A CPU-engine study asked for GPUs, or a GPU study on a machine
+            without GPUs or with another GPU model.
+    """
+    from vtune._hardware import cpu_cores
+    from vtune._target import resolve_target
+
+    if stored.device == "cpu":
+        if gpus:
+            raise VtuneError(f"--gpus {gpus}: this study runs on vLLM's CPU engine; drop --gpus")
+        return Target(device="cpu", cpu_cores=tuple(cpu_cores()))
+    here = resolve_target(gpus, device="gpu")
+    want = stored.gpu_names[0] if stored.gpu_names else (stored.gpu.name if stored.gpu else None)
+    have = here.gpu_names[0] if here.gpu_names else None
+    if want and have and want != have:
+        raise VtuneError(f"this machine has {have} GPUs but the study was made on {want}; "
+                         "results from different GPU models cannot be compared: join with the same GPU model")
+    return here
+
+
+def _local_model(model: str) -> str:
+    """The study's model on this machine (the built-in model is rebuilt here if its folder is elsewhere)."""
+    path = Path(model)
+    if path.exists() or not path.is_absolute():
+        return model
+    from vtune._tiny_model import MODEL_NAME, build_tiny_model
+
+    if path.name == MODEL_NAME:
+        return str(build_tiny_model())
+    raise VtuneError(f"the study's model {model} is not on this machine; put it at the same path "
+                     "(e.g. a shared file system) before starting a worker")
+
+
+def _run_trials_here(
+    study: optuna.Study,
+    settings: StudySettings,
+    shape: ModelShape,
+    *,
+    n_trials: int | None,
+    timeout_s: float | None,
+    quiet: bool,
+    max_concurrent_trials: int | None,
+    trial_fn: TrialFn,
+    own_cap: int | None = None,
+) -> tuple[_Runner, list[int], int]:
+    """Runs trials in this process until the study's budget (or ``own_cap``) is reached.
+
+    Shared by :func:`run_study` and :func:`run_worker`. Trials run in
+    ``max_concurrent_trials`` threads, each on a lease of disjoint units of
+    this node (:class:`~vtune._scheduler.ResourcePool`).
+
+    Returns:
+        The runner, the numbers of the trials this process ran, and the trials it ran at once.
+    """
+    k = default_concurrency(settings) if max_concurrent_trials is None else max_concurrent_trials
+    if k < 1:
+        raise VtuneError(f"--max-concurrent-trials must be >= 1, got {k}")
+    remaining = None if n_trials is None else max(0, n_trials - count_started(study))
+    if own_cap is not None:
+        remaining = own_cap if remaining is None else min(remaining, own_cap)
     time_left = None if timeout_s is None else max(0.0, timeout_s - elapsed_s(study))
-    progress = _Progress(n_trials or done + 1, settings.objectives, quiet)
+    done = count_done(study)
+    progress = _Progress(n_trials or done + (remaining or 1), settings.objectives, quiet)
     progress.best = _best_text(study, settings)
     allocator = None
-    if max_concurrent_trials > 1:
+    cores_per_rank = 1
+    if k > 1:
         from vtune._scheduler import ResourcePool
+        from vtune._server import _install_safety_net
 
         allocator = ResourcePool(settings.target)
-    runner = _Runner(settings, shape, study, progress, allocator, trial_fn)
+        if settings.target.device == "cpu":
+            cores_per_rank = max(1, len(settings.target.cpu_cores) // (k * max(1, min(layout_sizes(settings)))))
+        _install_safety_net()  # from the main thread: SIGTERM stops the engines of every trial thread
+    runner = _Runner(settings, shape, study, progress, allocator, trial_fn, cores_per_rank=cores_per_rank)
+    ran: list[int] = []
 
-    def on_done(st: optuna.Study, _t: FrozenTrial) -> None:
+    def on_done(st: optuna.Study, t: FrozenTrial) -> None:
+        ran.append(t.number)
         progress.best = _best_text(st, settings)
+        if n_trials is not None and count_started(st) >= n_trials:
+            st.stop()  # the study's budget is handed out (here or on other workers)
 
     if (remaining is None or remaining > 0) and (time_left is None or time_left > 0):
-        callbacks: list[Any] = [on_done]
-        if n_trials is not None:
-            callbacks.append(optuna.study.MaxTrialsCallback(
-                n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
-        study.optimize(runner, n_trials=remaining, timeout=time_left, catch=(TrialFailed,), callbacks=callbacks,
-                       n_jobs=max(1, max_concurrent_trials), gc_after_trial=False)
-    remeasure(study, settings, runner)
-    exported = export_best(study, settings) if export else []
-    return summarize(study, settings, url, exported, recovered)
+        study.optimize(runner, n_trials=remaining, timeout=time_left, catch=(TrialFailed,), callbacks=[on_done],
+                       n_jobs=k, gc_after_trial=False)
+    return runner, ran, k
+
+
+def wait_for_running(study: optuna.Study, *, quiet: bool = False, poll_s: float | None = None) -> None:
+    """Waits until no trial of the study runs anywhere; fails those of lost workers meanwhile.
+
+    Without heartbeats (a journal storage) only trials left by dead processes of
+    this host are failed, and trials of other hosts are not waited for.
+    """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        recover_stale_trials(study)
+        return
+    interval = float(storage.get_heartbeat_interval() or 1)  # type: ignore[attr-defined]
+    poll = poll_s if poll_s is not None else min(5.0, interval)
+    announced: set[int] = set()
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return
+        numbers = {t.number for t in running}
+        if not quiet and not numbers <= announced:
+            print(f"waiting for trial(s) {sorted(numbers)} running on other workers", file=sys.stderr, flush=True)
+            announced |= numbers
+        time.sleep(poll)
 
 
 def _shape_for(model: str) -> ModelShape:
@@ -669,12 +1124,19 @@ def remeasure(study: optuna.Study, settings: StudySettings, runner: _Runner) -> 
     for t in top:
         if str(t.number) in done:
             continue
-        cfg = ServeConfig.from_dict(t.user_attrs["config"])
+        cfg = ServeConfig.from_dict(t.user_attrs["config"]).replace(model=settings.model)
+        if runner.resource_problem(cfg):
+            continue  # measured on a bigger worker than this machine
         run_dir = settings.study_dir / "remeasure" / str(t.number)
-        gpus = list(settings.target.gpus[: cfg.num_gpus]) if settings.target.device == "gpu" else None
         runner.progress.line(count_done(study), t.number, "re-measure", "launching", 0)
-        rec = runner.trial_fn(cfg, settings.workload, run_dir, gpus=gpus, duration_s=settings.duration_s,
-                              cache_dir=runner.cache_dir)
+        # The same resources as the trials had (one lease of the pool when they were packed).
+        gpus, cores, lease = runner.lease(cfg)
+        extra: dict[str, Any] = {"cpu_cores": cores} if cores is not None else {}
+        try:
+            rec = runner.trial_fn(cfg, settings.workload, run_dir, gpus=gpus, duration_s=settings.duration_s,
+                                  cache_dir=runner.cache_dir, **extra)
+        finally:
+            runner.release(lease)
         if rec.result is None:
             continue
         values = [o.value(rec.result) for o in settings.objectives]
