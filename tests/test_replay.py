@@ -1,0 +1,243 @@
+"""Replays of search strategies on a tiny synthetic landscape (no engine is started)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import landscape  # noqa: E402
+import replay  # noqa: E402
+
+from vtune._serve_config import ServeConfig  # noqa: E402
+from vtune._workload import load_workload  # noqa: E402
+
+TINY_LLAMA = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
+    "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 8192,
+    "max_position_embeddings": 4096, "torch_dtype": "float32", "tie_word_embeddings": False,
+}
+
+
+def goodput_of(point: dict[str, Any]) -> float:
+    """A smooth landscape: more sequences and more batched tokens are better; KV space does not matter."""
+    return round(1.0 + math.log2(point["max_num_seqs"]) + 0.5 * math.log2(point.get("max_num_batched_tokens", 2)), 3)
+
+
+def write_table(folder: Path, dims: dict[str, list[Any]], *, fails: Any = None,
+                repeats: dict[str, list[float]] | None = None, defaults: dict[str, Any] | None = None) -> Path:
+    """A landscape CSV + header as landscape.py writes them; ``fails(point)`` -> a failure kind or None."""
+    fails = fails or (lambda p: "invalid_argument" if p.get("max_num_batched_tokens", 1 << 30)
+                      < p.get("max_num_seqs", 0) else None)
+    columns = [*landscape.LEAD_COLUMNS, *dims, *landscape.COLUMNS]
+    csv_path = folder / "table.csv"
+    for point in landscape.grid_points(dims):
+        pid = landscape.point_id(point)
+        kind = fails(point)
+        values = (repeats or {}).get(pid) or [goodput_of(point)]
+        for i, g in enumerate(values if kind is None else [0.0]):
+            row = {"point_id": pid, "repeat": str(i), **{k: str(v) for k, v in point.items()},
+                   "flags": pid, "status": "failed" if kind else "ok", "failure_kind": kind or "",
+                   "failure_message": "synthetic failure" if kind else "", "exit_code": "1" if kind else "",
+                   "engine_start_s": "5" if kind else "60", "load_s": "" if kind else "20", "total_s": "80"}
+            if not kind:
+                row.update({"goodput_rps": str(g), "output_tok_s": str(64 * g), "requests_per_s": str(g),
+                            "measured_s": "9", "steps": "3", "slo_attainment": "1",
+                            "slo_met": json.dumps({"ttft_ms": True, "itl_ms": True, "e2e_ms": True}),
+                            "slo_observed_ms": json.dumps({"ttft_ms": 100.0, "itl_ms": 10.0, "e2e_ms": 900.0}),
+                            "step_goodput_rps": json.dumps([g, g, g]), "step_output_tok_s": json.dumps([64 * g] * 3),
+                            "step_requests_per_s": json.dumps([g, g, g]), "successful_requests": "70",
+                            "errored_requests": "0", "incomplete_requests": "8"})
+                for m in ("ttft", "itl", "tpot", "e2e"):
+                    for s in ("p50", "p90", "p99", "mean"):
+                        row[f"{m}_{s}_ms"] = "10"
+            landscape.append_row(csv_path, columns, row)
+    base = ServeConfig(model="/nonexistent/tiny", max_model_len=512, enforce_eager=True,
+                       env={"VLLM_CPU_KVCACHE_SPACE": "2"})
+    header = {
+        "schema_version": 1, "grid": {"dimensions": dims, "space": landscape.grid_space(dims).to_dict()},
+        "defaults": defaults or {"max_num_seqs": 16, "max_num_batched_tokens": 64, "VLLM_CPU_KVCACHE_SPACE": 2},
+        "base": base.to_dict(), "model": {"config_json": TINY_LLAMA},
+        "hardware": {"device": "cpu", "gpus": [], "gpu": None, "gpu_memory_gib": None, "cpu_cores": [0, 1]},
+        "workload": load_workload("chatbot").with_duration(9).to_dict(), "objective": "goodput",
+        "command": "synthetic",
+    }
+    csv_path.with_suffix(".json").write_text(json.dumps(header))
+    return csv_path
+
+
+DIMS = {"VLLM_CPU_KVCACHE_SPACE": [1, 2], "max_num_seqs": [4, 16], "max_num_batched_tokens": [8, 64]}
+
+
+@pytest.fixture()
+def table(tmp_path: Path) -> replay.Table:
+    return replay.load_table(write_table(tmp_path, DIMS))
+
+
+def test_table_reads_points_failures_and_best(table: replay.Table) -> None:
+    assert len(table.point_ids) == 8
+    assert sorted(p for p in table.point_ids if table.failed(p)) == [
+        "VLLM_CPU_KVCACHE_SPACE=1&max_num_seqs=16&max_num_batched_tokens=8",
+        "VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=16&max_num_batched_tokens=8"]
+    pid, best = table.best
+    assert pid.endswith("max_num_seqs=16&max_num_batched_tokens=64") and best == goodput_of(
+        {"max_num_seqs": 16, "max_num_batched_tokens": 64})
+
+
+def test_resolve_fills_defaults_and_snaps(table: replay.Table) -> None:
+    pid, snapped = table.resolve(ServeConfig(env={"VLLM_CPU_KVCACHE_SPACE": "2"}))
+    assert pid == "VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=16&max_num_batched_tokens=64" and snapped == []
+    pid, snapped = table.resolve(ServeConfig(max_num_seqs=512, max_num_batched_tokens=10,
+                                             env={"VLLM_CPU_KVCACHE_SPACE": "1"}))
+    assert pid == "VLLM_CPU_KVCACHE_SPACE=1&max_num_seqs=16&max_num_batched_tokens=8"
+    assert snapped == ["max_num_seqs", "max_num_batched_tokens"]
+
+
+@pytest.mark.parametrize("strategy", ["vtune", "tpe", "random", "grid", "preset:size-preset"])
+def test_replay_is_deterministic_for_a_seed(table: replay.Table, strategy: str) -> None:
+    a = replay.run_strategy(table, strategy, seed=3, budget=10)
+    b = replay.run_strategy(table, strategy, seed=3, budget=10)
+    assert [(e.pid, e.observed, e.failed) for e in a.events] == [(e.pid, e.observed, e.failed) for e in b.events]
+    assert a.events
+
+
+def test_noise_draws_recorded_repeats(tmp_path: Path) -> None:
+    pid = "VLLM_CPU_KVCACHE_SPACE=1&max_num_seqs=4&max_num_batched_tokens=8"
+    t = replay.load_table(write_table(tmp_path, DIMS, repeats={pid: [2.0, 3.0, 4.0]}))
+    assert t.mean_goodput(pid) == 3.0
+    assert t.noise_sigma() == pytest.approx(math.sqrt(sum((math.log(v) - sum(map(math.log, [2, 3, 4])) / 3) ** 2
+                                                          for v in (2, 3, 4)) / 2))
+    lookup = replay.Lookup(t, replay.random.Random(0))
+    seen = {lookup.measure(pid).result.goodput_requests_per_second for _ in range(40)}  # type: ignore[union-attr]
+    assert seen == {2.0, 3.0, 4.0}
+    other = "VLLM_CPU_KVCACHE_SPACE=1&max_num_seqs=4&max_num_batched_tokens=64"
+    vals = [lookup.measure(other).result.goodput_requests_per_second for _ in range(20)]  # type: ignore[union-attr]
+    assert len(set(vals)) == 20 and all(0.3 * goodput_of({"max_num_seqs": 4, "max_num_batched_tokens": 64}) < v
+                                        for v in vals)
+
+
+def test_grid_follows_auto_tune_order(table: replay.Table) -> None:
+    run = replay.run_grid(table, seed=0)
+    seq = [(e.label, e.pid) for e in run.events]
+    assert seq == [
+        # probe: the highest memory setting with the last max-num-seqs and max-num-batched-tokens
+        ("probe", "VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=16&max_num_batched_tokens=64"),
+        # then for max_num_seqs: for max_num_batched_tokens: (grid order)
+        ("", "VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=4&max_num_batched_tokens=8"),
+        ("", "VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=4&max_num_batched_tokens=64"),
+        ("", "VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=16&max_num_batched_tokens=8"),
+        ("", "VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=16&max_num_batched_tokens=64"),
+    ]
+    assert [e.failed for e in run.events] == [False, False, False, True, False]
+
+
+def test_grid_probe_steps_memory_down_until_a_start(tmp_path: Path) -> None:
+    dims: dict[str, list[Any]] = {"dtype": ["float32", "bfloat16"], "VLLM_CPU_KVCACHE_SPACE": [1, 2, 4],
+                                  "max_num_seqs": [4, 16], "max_num_batched_tokens": [16, 64]}
+
+    def fails(p: dict[str, Any]) -> str | None:
+        return "out_of_memory" if p["VLLM_CPU_KVCACHE_SPACE"] == 4 else None
+
+    t = replay.load_table(write_table(tmp_path, dims, fails=fails))
+    run = replay.run_grid(t, seed=0)
+    probes = [e.pid for e in run.events if e.label == "probe"]
+    assert probes == [
+        "dtype=float32&VLLM_CPU_KVCACHE_SPACE=4&max_num_seqs=16&max_num_batched_tokens=64",
+        "dtype=float32&VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=16&max_num_batched_tokens=64",
+        "dtype=bfloat16&VLLM_CPU_KVCACHE_SPACE=4&max_num_seqs=16&max_num_batched_tokens=64",
+        "dtype=bfloat16&VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=16&max_num_batched_tokens=64",
+    ]
+    measured = [e.pid for e in run.events if e.label != "probe"]
+    assert len(measured) == 8 and all("VLLM_CPU_KVCACHE_SPACE=2&" in p for p in measured)
+    assert measured[:4] == [f"dtype=float32&VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs={s}&max_num_batched_tokens={b}"
+                            for s in (4, 16) for b in (16, 64)]
+
+
+def test_launches_to_target_on_a_hand_made_sequence() -> None:
+    true = {"a": 5.0, "b": 9.0, "c": 9.6, "d": 10.0, "x": 0.0}
+    E = replay.Event
+    events = [
+        E("x", failed=True, device_s=5),          # launch 1: could not start
+        E("a", observed=5.2, device_s=80),        # 2: incumbent a (50%)
+        E("x", launched=False),                   # pruned before launch: free
+        E("b", observed=9.5, device_s=80),        # 3: incumbent b (90%)
+        E("c", device_s=40),                      # 4: stopped early: not a candidate
+        E("c", observed=9.4, device_s=80),        # 5: observed below b: b stays picked
+        E("d", observed=10.1, device_s=80),       # 6: incumbent d (100%) -> target reached
+        E("x", failed=True, device_s=5),          # 7
+    ]
+    s = replay.score(events, true.__getitem__, best=10.0, early_launches=3)
+    assert s.launches_to_target == 6
+    assert s.best_at_early_pct == pytest.approx(90.0)
+    assert s.failed_launches == 1
+    assert s.device_s_to_target == pytest.approx(5 + 80 + 80 + 40 + 80 + 80)
+    assert s.launches == 7 and s.final_pct == pytest.approx(100.0) and s.picked == "d"
+    # picking by observed values: a lucky draw of a worse point is what counts
+    noisy = [E("b", observed=11.0), E("d", observed=10.0)]
+    assert replay.score(noisy, true.__getitem__, best=10.0, early_launches=1).launches_to_target is None
+    assert replay.quantile([1, 2, math.inf, math.inf], 0.5) == math.inf
+    assert replay.quantile([1, 2, 3, math.inf], 0.5) == 2.5
+
+
+def test_failed_point_costs_a_launch_without_pruning_and_none_for_vtune(table: replay.Table) -> None:
+    failing = {p for p in table.point_ids if table.failed(p)}
+    rnd = replay.run_strategy(table, "random", seed=0, budget=8)
+    assert {e.pid for e in rnd.events if e.failed} == failing  # every point once: both failures launched
+    assert sum(e.launched and e.failed for e in rnd.events) == 2
+    tpe = replay.run_strategy(table, "tpe", seed=0, budget=30)
+    assert all(e.launched for e in tpe.events) and any(e.failed for e in tpe.events)
+    vt = replay.run_strategy(table, "vtune", seed=0, budget=12)
+    assert vt.launches == 12
+    assert not any(e.pid in failing for e in vt.events)  # the validity check pruned them before launch
+
+
+def test_memory_model_prune_costs_vtune_no_launch(tmp_path: Path) -> None:
+    dims = {"max_model_len": [512, 100000], "max_num_seqs": [4, 16]}
+
+    def fails(p: dict[str, Any]) -> str | None:
+        return "invalid_argument" if p["max_model_len"] > TINY_LLAMA["max_position_embeddings"] else None
+
+    t = replay.load_table(write_table(tmp_path, dims, fails=fails, defaults={"max_model_len": 512,
+                                                                              "max_num_seqs": 16}))
+    vt = replay.run_strategy(t, "vtune", seed=1, budget=6)
+    assert vt.launches == 6 and not any(e.failed for e in vt.events)
+    rnd = replay.run_strategy(t, "random", seed=1, budget=4)
+    assert sum(e.failed for e in rnd.events) == 2
+
+
+def test_main_writes_markdown_and_json(table: replay.Table, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "res"
+    assert replay.main([str(table.path), "--seeds", "2", "--strategies", "random,grid,preset:vllm-defaults",
+                        "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert set(data["strategies"]) == {"random", "grid", "preset:vllm-defaults"}
+    assert data["schema_version"] == 1 and data["table"]["points"] == 8
+    md = out.with_suffix(".md").read_text()
+    assert "| grid |" in md and "launches to 95% of best" in md
+    assert "random" in capsys.readouterr().out
+
+
+def test_landscape_grid_spec_and_rows(tmp_path: Path) -> None:
+    spec_file = tmp_path / "g.yaml"
+    spec_file.write_text("schema_version: 1\nworkload: chatbot\nduration_s: 9\nflags: [--enforce-eager]\n"
+                         "dimensions:\n  max_num_seqs: [4, 128]\n  max_num_batched_tokens: [64, 2048]\n"
+                         "repeats: 3\nrepeat_points: 2\n")
+    spec = landscape.load_grid_spec(str(spec_file), ["parallel_layout=tp1-pp1-dp2,tp2-pp1-dp1"])
+    points = landscape.grid_points(spec.dimensions)
+    assert len(points) == 8 and points[0] == {"max_num_seqs": 4, "max_num_batched_tokens": 64,
+                                              "parallel_layout": "tp1-pp1-dp2"}
+    valid = [not (p["max_num_batched_tokens"] < p["max_num_seqs"]) for p in points]
+    picked = landscape.pick_repeat_points(points, valid, 2)
+    assert len(picked) == 2 and all("max_num_seqs=128&max_num_batched_tokens=64" not in p for p in picked)
+    with pytest.raises(landscape.VtuneError):
+        landscape.load_grid_spec(None, ["max_num_seqs"])
+    rows = list(csv.DictReader(write_table(tmp_path, DIMS).open()))
+    assert len(rows) == 8 and rows[0]["point_id"].startswith("VLLM_CPU_KVCACHE_SPACE=1")
