@@ -197,6 +197,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------- bench
+def _with_concurrency(workload: Any, streams: int | None) -> Any:
+    """The workload with ``--concurrency`` streams (GPU-sized load from a CPU-sized profile)."""
+    if streams is None:
+        return workload
+    if streams < 1:
+        raise VtuneError(f"--concurrency must be >= 1, got {streams}")
+    import dataclasses
+
+    return dataclasses.replace(workload, load=dataclasses.replace(workload.load, streams=streams))
+
+
 def _split_dashdash(items: list[str]) -> list[str]:
     return items[1:] if items and items[0] == "--" else items
 
@@ -229,6 +240,30 @@ def _bench_table(records: list[Any], labels: list[str]) -> str:
     return _table(rows, header)
 
 
+def _config_file_args(path: str) -> tuple[str | None, list[str], dict[str, str]]:
+    """A ``vllm serve --config`` file: its model, ``--config PATH``, and the env file beside it."""
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file() or p.suffix not in (".yaml", ".yml"):
+        raise VtuneError(f"--config {path}: no such YAML file; pass a vllm serve --config file (configs/<study>.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise VtuneError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    env: dict[str, str] = {}
+    env_file = p.with_suffix(".env")
+    if env_file.is_file():
+        for line in env_file.read_text().splitlines():
+            key, eq, value = line.strip().partition("=")
+            if eq and key and not key.startswith("#"):
+                env[key] = value
+    model = data.get("model") if isinstance(data, dict) else None
+    return (str(model) if model else None), ["--config", str(p.resolve())], env
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import shlex
     import time
@@ -241,16 +276,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.duration_s is not None and args.duration_s <= 0:
         raise VtuneError(f"--duration-s must be > 0, got {args.duration_s}")
-    workload = load_workload(args.workload)
+    workload = _with_concurrency(load_workload(args.workload), args.concurrency)
     target = resolve_target(args.gpus)
     common = _split_dashdash(list(args.vllm_args))
     flag_sets = [shlex.split(f) for f in args.compare] if args.compare else [[]]
     if args.compare is not None and len(flag_sets) < 2:
         raise VtuneError('--compare needs two or more flag sets, e.g. --compare "--max-num-seqs 2" "--max-num-seqs 32"')
     configs = []
+    from_file = _config_file_args(args.config) if args.config else None
     for extra in flag_sets:
         cfg = parse_serve_args([*common, *extra])
-        cfg.model = resolve_model(args.model or cfg.model or None, target)
+        if from_file is not None:
+            cfg.extra_args = [*from_file[1], *cfg.extra_args]
+            cfg.env = {**from_file[2], **cfg.env}
+        cfg.model = resolve_model(args.model or cfg.model or (from_file[0] if from_file else None) or None, target)
         configs.append(apply_engine_defaults(cfg, target))
     root = Path(args.run_dir or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     labels = [f"#{i}" for i in range(len(configs))] if len(configs) > 1 else ["#0"]
@@ -325,13 +364,7 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         raise VtuneError(f"--n-trials must be >= 1, got {args.n_trials}")
     if args.duration_s is not None and args.duration_s <= 0:
         raise VtuneError(f"--duration-s must be > 0, got {args.duration_s}")
-    workload = load_workload(args.workload)
-    if args.concurrency is not None:
-        if args.concurrency < 1:
-            raise VtuneError(f"--concurrency must be >= 1, got {args.concurrency}")
-        import dataclasses
-
-        workload = dataclasses.replace(workload, load=dataclasses.replace(workload.load, streams=args.concurrency))
+    workload = _with_concurrency(load_workload(args.workload), args.concurrency)
     target = resolve_target(args.gpus)
     fixed = parse_serve_args(_split_dashdash(list(args.vllm_args)))
     model = resolve_model(args.model or fixed.model or None, target)
@@ -541,6 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", metavar="FLAGS",
                    help='two or more quoted flag sets measured one after the other, e.g. '
                         '--compare "--max-num-seqs 2" "--max-num-seqs 32" (flags after -- apply to all)')
+    p.add_argument("--config", help="a vllm serve --config YAML (e.g. configs/<study>.yaml) served as is; the .env "
+                   "file beside it is applied")
+    p.add_argument("--concurrency", type=int, help="concurrent streams of the workload's load (override)")
     p.add_argument("--run-dir", help="folder for logs and reports (default: runs/bench-<time>)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then vllm serve flags")
