@@ -209,6 +209,17 @@ def _note_worker_lost(storage: optuna.storages.BaseStorage, trial_id: int, grace
         pass  # another worker failed it first (and wrote the reason)
 
 
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 means psycopg 3 by it, vtune ships psycopg2."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def make_storage(url: str, *, heartbeat: bool = True, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
                  grace_period_s: int = GRACE_PERIOD_S) -> optuna.storages.BaseStorage:
     """An Optuna storage with heartbeats: dead workers' trials become FAIL, with the reason.
@@ -234,7 +245,7 @@ def make_storage(url: str, *, heartbeat: bool = True, heartbeat_interval_s: int 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return _VtuneRDBStorage(url, engine_kwargs=engine_kwargs, **kw)
+                return _VtuneRDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, **kw)
         except Exception as exc:
             raise VtuneError(f"--storage {url}: cannot open it ({str(exc).splitlines()[0]})") from None
     if url.startswith("journal:"):
