@@ -241,3 +241,37 @@ def test_landscape_grid_spec_and_rows(tmp_path: Path) -> None:
         landscape.load_grid_spec(None, ["max_num_seqs"])
     rows = list(csv.DictReader(write_table(tmp_path, DIMS).open()))
     assert len(rows) == 8 and rows[0]["point_id"].startswith("VLLM_CPU_KVCACHE_SPACE=1")
+
+
+def test_recorded_row_round_trips_into_the_replayed_result(tmp_path: Path) -> None:
+    from vtune._logparse import Failure
+    from vtune._results import Percentiles, TrialResult
+    from vtune._trial import TrialRecord
+
+    def result(goodput: float) -> TrialResult:
+        return TrialResult(
+            output_tokens_per_second=64 * goodput, requests_per_second=goodput + 0.5,
+            goodput_requests_per_second=goodput, ttft_ms=Percentiles(100, 200, 300, 150),
+            itl_ms=Percentiles(10, 20, 30, 15), tpot_ms=Percentiles(11, 21, 31, 16),
+            e2e_latency_ms=Percentiles(700, 900, 1100, 800), successful_requests=70, errored_requests=1,
+            incomplete_requests=8, duration_s=9.0, slo_attainment=0.97,
+            slo_met={"ttft_ms": True, "itl_ms": True}, slo_observed_ms={"ttft_ms": 200.0, "itl_ms": 20.0}, steps=3)
+
+    rec = TrialRecord(config={}, flags_line="vllm serve x", status="ok", result=result(6.0),
+                      step_results=[result(7.0), result(6.5), result(6.0)], engine_start_s=40.0, load_s=20.0,
+                      total_s=61.0, teardown_s=1.0)
+    point = {"max_num_seqs": 16}
+    row = landscape.record_row(point, 0, rec)
+    columns = [*landscape.LEAD_COLUMNS, *point, *landscape.COLUMNS]
+    landscape.append_row(tmp_path / "t.csv", columns, row)
+    read = next(csv.DictReader((tmp_path / "t.csv").open()))
+    back = replay.row_result(read)
+    assert back.goodput_requests_per_second == 6.0 and back.requests_per_second == 6.5
+    assert back.ttft_ms == Percentiles(100, 200, 300, 150) and back.e2e_latency_ms.p99 == 1100
+    assert back.slo_observed_ms == {"ttft_ms": 200.0, "itl_ms": 20.0} and back.slo_met["itl_ms"]
+    assert replay.row_result(read, factor=2.0, step=0).goodput_requests_per_second == 14.0
+    failed = TrialRecord(config={}, flags_line="x", status="failed", total_s=30.0, teardown_s=0.5,
+                         failure=Failure("invalid_argument", "batched tokens < seqs", exit_code=1))
+    frow = landscape.record_row(point, 0, failed)
+    assert frow["failure_kind"] == "invalid_argument" and float(frow["engine_start_s"]) == 29.5
+    assert "goodput_rps" not in frow
