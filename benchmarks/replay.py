@@ -12,6 +12,10 @@ configuration that could not start.
   pruning (both before launch: they cost no launch), its enqueued baselines and
   its noise-aware early stopping (the lookup reports the recorded per-step
   results). Re-measurement at the end is off (``remeasure_top_k=0``).
+* **vtune-no-prior** (ablation): the same study code with the baselines, the validity
+  check and the memory-model pruning switched off (patched out for the run), so every
+  sampled configuration is launched: what vtune's prior adds, sampler and early
+  stopping being equal.
 * **tpe**, **gp**: Optuna's ``TPESampler`` / ``GPSampler`` as shipped, without the
   prior: no baselines, no pruning; a configuration that cannot start costs a launch
   and is told to Optuna as FAIL. (**gp** needs scipy.)
@@ -57,6 +61,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import json
@@ -66,7 +71,7 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,8 +96,8 @@ EARLY_FRAC = 0.25
 #: Spread used when a table has no repeated point to measure its own.
 FALLBACK_SIGMA = 0.05
 MEMORY_DIMS = ("gpu_memory_utilization", "VLLM_CPU_KVCACHE_SPACE")
-DEFAULT_STRATEGIES = ("vtune", "tpe", "gp", "random", "grid", "preset:vllm-defaults", "preset:size-preset",
-                      "preset:memory-model-guess")
+DEFAULT_STRATEGIES = ("vtune", "vtune-no-prior", "tpe", "gp", "random", "grid", "preset:vllm-defaults",
+                      "preset:size-preset", "preset:memory-model-guess")
 
 
 def _scalar(text: Any) -> Any:
@@ -427,6 +432,34 @@ def run_vtune(table: Table, seed: int, budget: int, work_dir: Path) -> Lookup:
     return lookup
 
 
+@contextlib.contextmanager
+def without_prior() -> Iterator[None]:
+    """vtune's study code with its prior switched off: no baselines, no validity or memory check.
+
+    An ablation, not vtune as shipped: it patches three names in ``vtune._study`` for the
+    duration (the study code has no switch for them), so that every sampled configuration
+    is launched, as a plain optimizer would.
+    """
+    import dataclasses
+
+    import vtune._study as study_mod
+
+    saved = {k: getattr(study_mod, k) for k in ("enqueue_baselines", "config_problem", "estimate_memory")}
+    real_estimate = saved["estimate_memory"]
+
+    def fits(*a: Any, **kw: Any) -> Any:
+        return dataclasses.replace(real_estimate(*a, **kw), fits=True, reason=None)
+
+    study_mod.enqueue_baselines = lambda *a, **kw: 0  # type: ignore[assignment]
+    study_mod.config_problem = lambda cfg: None  # type: ignore[assignment]
+    study_mod.estimate_memory = fits  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(study_mod, k, v)
+
+
 def run_optuna(table: Table, seed: int, budget: int, sampler: Any, name: str) -> Lookup:
     """A plain Optuna loop over the grid's space: no baselines, no pruning, failures told as FAIL."""
     import optuna
@@ -534,6 +567,9 @@ def run_strategy(table: Table, name: str, seed: int, budget: int) -> Lookup:
         work = Path(tmp)
         if name == "vtune":
             return run_vtune(table, seed, budget, work)
+        if name == "vtune-no-prior":
+            with without_prior():
+                return run_vtune(table, seed, budget, work)
         if name == "tpe":
             return run_optuna(table, seed, budget, optuna.samplers.TPESampler(seed=seed), name)
         if name == "gp":

@@ -197,6 +197,14 @@ def test_failed_point_costs_a_launch_without_pruning_and_none_for_vtune(table: r
     vt = replay.run_strategy(table, "vtune", seed=0, budget=12)
     assert vt.launches == 12
     assert not any(e.pid in failing for e in vt.events)  # the validity check pruned them before launch
+    bare = replay.run_strategy(table, "vtune-no-prior", seed=0, budget=30)
+    assert bare.launches == 30 and any(e.failed for e in bare.events)  # same study code, prior off
+    assert vt.events[0].pid == "VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=16&max_num_batched_tokens=64"  # vLLM defaults
+    assert any(e.snapped for e in vt.events[:3])  # the size preset (512 seqs, 8192 tokens) snapped to the grid
+    assert not any(e.snapped for e in bare.events)  # no baselines
+    import vtune._study as study_mod
+
+    assert study_mod.config_problem(ServeConfig(max_num_seqs=16, max_num_batched_tokens=8))  # restored
 
 
 def test_memory_model_prune_costs_vtune_no_launch(tmp_path: Path) -> None:
