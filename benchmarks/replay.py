@@ -24,9 +24,9 @@ configuration that could not start.
   highest memory setting that starts (``gpu_memory_utilization``, on the CPU
   engine ``VLLM_CPU_KVCACHE_SPACE``; from the largest grid value down, each probe
   a launch with the last ``max_num_seqs`` and ``max_num_batched_tokens`` values,
-  no load), then ``for max_num_seqs: for max_num_batched_tokens:`` in the
-  grid's order. Other grid dimensions (layout, dtype) are outer loops, one
-  auto_tune run each.
+  no load; without a memory dimension in the grid, one probe at the fixed setting), then
+  ``for max_num_seqs: for max_num_batched_tokens:`` in the grid's order. Other grid
+  dimensions (layout, dtype) are outer loops, one auto_tune run each.
 * **preset:<name>**: one launch of one of vtune's baselines (vLLM's defaults, the
   size preset, the memory model's guess).
 
@@ -512,21 +512,22 @@ def run_grid(table: Table, seed: int, budget: int | None = None) -> Lookup:
     try:
         for combo in itertools.product(*(dims[o] for o in others)):
             fixed = dict(zip(others, combo, strict=True))
+            # auto_tune probes from gpu-memory-utilization 0.98 down; without a memory dimension in the
+            # grid the memory setting is fixed and the probe is one start at it.
+            found = None
+            for value in sorted(dims[mem], key=lambda v: -float(v)) if mem else [None]:
+                probe = dict(fixed) if mem is None else {**fixed, mem: value}
+                if seqs:
+                    probe[seqs] = dims[seqs][-1]
+                if tokens:
+                    probe[tokens] = dims[tokens][-1]
+                if lookup.measure(pid(probe), probe=True).failure is None:
+                    found = (value,)
+                    break
+            if found is None:
+                continue  # auto_tune gives up on this run: nothing starts
             if mem is not None:
-                found = None
-                for value in sorted(dims[mem], key=lambda v: -float(v)):  # auto_tune: from 0.98 down
-                    probe = {**fixed, mem: value}
-                    if seqs:
-                        probe[seqs] = dims[seqs][-1]
-                    if tokens:
-                        probe[tokens] = dims[tokens][-1]
-                    rec = lookup.measure(pid(probe), probe=True)
-                    if rec.failure is None:
-                        found = value
-                        break
-                if found is None:
-                    continue  # auto_tune gives up on this run: nothing starts
-                fixed[mem] = found
+                fixed[mem] = found[0]
             for s in dims[seqs] if seqs else [None]:
                 for t in dims[tokens] if tokens else [None]:
                     values = dict(fixed)

@@ -219,6 +219,10 @@ def test_memory_model_prune_costs_vtune_no_launch(tmp_path: Path) -> None:
     assert vt.launches == 6 and not any(e.failed for e in vt.events)
     rnd = replay.run_strategy(t, "random", seed=1, budget=4)
     assert sum(e.failed for e in rnd.events) == 2
+    grid = replay.run_grid(t, seed=0)  # no memory dimension: one probe per outer value, a failed one skips it
+    assert [(e.label, e.pid) for e in grid.events] == [
+        ("probe", "max_model_len=512&max_num_seqs=16"), ("", "max_model_len=512&max_num_seqs=4"),
+        ("", "max_model_len=512&max_num_seqs=16"), ("probe", "max_model_len=100000&max_num_seqs=16")]
 
 
 def test_main_writes_markdown_and_json(table: replay.Table, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
