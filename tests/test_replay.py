@@ -176,13 +176,15 @@ def test_launches_to_target_on_a_hand_made_sequence() -> None:
     ]
     s = replay.score(events, true.__getitem__, best=10.0, early_launches=3)
     assert s.launches_to_target == 6
+    assert s.launches_to_any_target == 4  # c (96%) was run at launch 4 but stopped early: not picked
     assert s.best_at_early_pct == pytest.approx(90.0)
     assert s.failed_launches == 1
     assert s.device_s_to_target == pytest.approx(5 + 80 + 80 + 40 + 80 + 80)
     assert s.launches == 7 and s.final_pct == pytest.approx(100.0) and s.picked == "d"
     # picking by observed values: a lucky draw of a worse point is what counts
     noisy = [E("b", observed=11.0), E("d", observed=10.0)]
-    assert replay.score(noisy, true.__getitem__, best=10.0, early_launches=1).launches_to_target is None
+    lucky = replay.score(noisy, true.__getitem__, best=10.0, early_launches=1)
+    assert lucky.launches_to_target is None and lucky.launches_to_any_target == 2
     assert replay.quantile([1, 2, math.inf, math.inf], 0.5) == math.inf
     assert replay.quantile([1, 2, 3, math.inf], 0.5) == 2.5
 
