@@ -469,6 +469,57 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from vtune._scheduler import walltime_hms, worker_job_script
+    from vtune._study import layout_sizes
+
+    if args.storage.startswith(("sqlite", "journal:")):
+        raise VtuneError(f"--storage {args.storage}: workers on other machines need a storage server they all "
+                         "reach, e.g. postgresql://user@host/db (SQLite and journal files are for one machine)")
+    if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
+        raise VtuneError(f"--max-concurrent-trials must be >= 1, got {args.max_concurrent_trials}")
+    _, settings, url = _open_existing(args)
+    largest = max(layout_sizes(settings))
+    gpu = settings.target.device == "gpu"
+    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (largest if gpu else 0)
+    if gpu and gpus < 1:
+        raise VtuneError(f"--gpus-per-worker {gpus}: study {args.study} runs on GPUs; give each worker at least one")
+    if not gpu and gpus:
+        raise VtuneError(f"--gpus-per-worker {gpus}: study {args.study} runs on vLLM's CPU engine; drop it")
+    cpus = args.cpus_per_worker or (max(8, 4 * gpus) if gpu else max(2, largest))
+    log_dir = (Path(args.studies_dir) / args.study / "workers").resolve()
+    script = Path(args.script or log_dir / f"{args.study}-{args.scheduler}.sh").resolve()
+    text = worker_job_script(
+        args.scheduler, study=args.study, storage_url=url, workers=args.workers, gpus_per_worker=gpus,
+        cpus_per_worker=cpus, walltime=walltime_hms(args.walltime), workdir=str(Path(args.workdir).resolve()),
+        python=args.python or sys.executable, log_dir=str(log_dir), queue=args.queue, account=args.account,
+        max_concurrent_trials=args.max_concurrent_trials)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    script.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)  # the storage URL is in it
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(script, 0o700)
+    tool = {"slurm": "sbatch", "pbs": "qsub"}[args.scheduler]
+    print(f"wrote {script}: {args.workers} worker(s) with {gpus} GPU(s) and {cpus} core(s) each, "
+          f"walltime {walltime_hms(args.walltime)}")
+    if not args.submit:
+        print(f"submit with: {tool} {script}")
+        return 0
+    if shutil.which(tool) is None:
+        raise VtuneError(f"--submit: {tool} is not on PATH here; run `{tool} {script}` on the cluster's login node")
+    done = subprocess.run([tool, str(script)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise VtuneError(f"{tool} {script} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    print(done.stdout.strip())
+    return 0
+
+
 def _open_existing(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from pathlib import Path
 
@@ -626,6 +677,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trials run at once here on disjoint GPUs (or CPU cores); default: as many as fill the node")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress lines)")
     p.set_defaults(func=_cmd_worker)
+
+    p = sub.add_parser("submit", help="write (and submit) a Slurm or PBS job script that starts N workers",
+                       description="Write a job-array script whose tasks each run `vtune worker` on one node, "
+                                   "joining the study on its shared storage. The study must exist (start it with "
+                                   "`vtune study --storage postgresql://...`). Prints the sbatch/qsub command, or "
+                                   "runs it with --submit.")
+    p.add_argument("--scheduler", required=True, choices=("slurm", "pbs"), help="the cluster's batch system")
+    p.add_argument("--workers", type=int, required=True, help="workers (array tasks), one node each")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", required=True, help="the study's shared storage, e.g. postgresql://user@host/db "
+                   "(a password in it is written to the script: prefer ~/.pgpass)")
+    p.add_argument("--studies-dir", default="studies", help="where the script and the jobs' logs go "
+                   "(default: studies)")
+    p.add_argument("--configs-dir", default="configs", help=argparse.SUPPRESS)
+    p.add_argument("--gpus-per-worker", type=int, help="GPUs per worker (default: the study's largest layout; "
+                   "0 on the CPU engine)")
+    p.add_argument("--cpus-per-worker", type=int, help="CPU cores per worker (default: 4 per GPU, at least 8)")
+    p.add_argument("--walltime", default="4h", help="per job, e.g. 4h, 90m, 12:00:00 (default 4h)")
+    p.add_argument("--queue", help="Slurm partition or PBS queue")
+    p.add_argument("--account", help="account/project to charge")
+    p.add_argument("--max-concurrent-trials", type=int, help="trials at once per worker (default: fill its node)")
+    p.add_argument("--workdir", default=".", help="folder the workers run in (default: here)")
+    p.add_argument("--python", help="Python with vtune installed on the nodes (default: this one)")
+    p.add_argument("--script", help="where to write the script (default: studies/<study>/workers/<study>-<sched>.sh)")
+    p.add_argument("--submit", action="store_true", help="also run sbatch/qsub on it")
+    p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("best", help="print the best configuration of a study")
     _add_study_location(p)
