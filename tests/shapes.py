@@ -76,7 +76,8 @@ DEEPSEEK_V2_LITE: dict[str, Any] = {
     "num_experts_per_tok": 6, "first_k_dense_replace": 1, "moe_layer_freq": 1, "kv_lora_rank": 512,
     "q_lora_rank": None, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128, "v_head_dim": 128,
     "vocab_size": 102400, "max_position_embeddings": 163840, "torch_dtype": "bfloat16",
-    "tie_word_embeddings": False,
+    "tie_word_embeddings": False, "topk_method": "greedy", "n_group": 1, "topk_group": 1,
+    "scoring_func": "softmax", "norm_topk_prob": False, "routed_scaling_factor": 1.0, "rms_norm_eps": 1e-6,
 }
 QWEN3_VL_2B: dict[str, Any] = {
     "architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",

@@ -46,6 +46,9 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "32b-tp2": ("qwen2.5-32b", [*BASE, "--tensor-parallel-size", "2"]),
     "8b-tp2": ("llama-8b", [*BASE, "--tensor-parallel-size", "2"]),
 }
+# Cases pinned to GPUs (run beside a study using GPUs 0,1): "<case>-g<digits>".
+CASES.update({f"{k}-g23": v for k, v in CASES.items() if "tp2" in k})
+CASES.update({f"{k}-g2": v for k, v in list(CASES.items()) if "tp2" not in k and not k.endswith("g23")})
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 WORK = Path("/tmp/vtune-gpu")
 
@@ -66,7 +69,7 @@ def free_port() -> int:
 
 
 def smi_used() -> list[int]:
-    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],  # all GPUs
                          capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
 
@@ -78,6 +81,9 @@ def run_case(case: str, timeout_s: float) -> dict:
     log = WORK / "logs" / f"{case}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, VLLM_CACHE_ROOT=str(WORK / "cache"), HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
+    pinned = case.rsplit("-g", 1)[1] if "-g" in case and case.rsplit("-g", 1)[1].isdigit() else None
+    if pinned:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(pinned)
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), "--load-format", "dummy",
            "--port", str(port), "--host", "127.0.0.1", *flags]
     before = smi_used()
