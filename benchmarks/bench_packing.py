@@ -99,7 +99,7 @@ def show(res: dict[str, Any]) -> None:
         tok = t["output_tokens_per_second"]
         print(f"  {cores:>6} {t['start_s']:>7.1f} {t['end_s']:>7.1f} {t['engine_start_s'] or 0:>8.1f} "
               f"{t['load_s'] or 0:>7.1f} {t['total_s']:>8.1f} {'-' if tok is None else f'{tok:.1f}':>10}  "
-              f"{t['status']}  {t['flags'].split('serve ', 1)[-1][:60]}")
+              f"{t['status']}  {' '.join(t['flags'].split(' serve ', 1)[-1].split()[1:])[:70]}")
 
 
 def main() -> int:
@@ -115,7 +115,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vtune-bench-packing-") as tmp:
         root = Path(tmp)
         # Warm the compile/tokenizer caches once so neither mode pays the first start alone.
-        run_trial(cfgs[0], load_workload("chatbot"), root / "warmup", duration_s=2, cache_dir=root / "cache")
+        run_trial(cfgs[0], load_workload("chatbot"), root / "warmup", duration_s=3, cache_dir=root / "cache")
         one = run_mode("one at a time", cfgs, root, args.duration_s, 1)
         packed = run_mode("packed", cfgs, root, args.duration_s, args.at_once)
     show(one)

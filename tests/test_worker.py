@@ -113,6 +113,14 @@ def overlapping(rows: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[s
 
 
 @pytest.fixture
+def plenty_of_memory(monkeypatch):
+    """The CPU engine's default packing does not depend on what else uses this machine's memory now."""
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("M", (), {"available": 1000 * 2**30})())
+
+
+@pytest.fixture
 def log_dir(tmp_path, monkeypatch):
     d = tmp_path / "fake-log"
     d.mkdir()
@@ -122,7 +130,7 @@ def log_dir(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------- default packing
-def test_default_concurrency_fills_the_node_with_the_smallest_layout():
+def test_default_concurrency_fills_the_node_with_the_smallest_layout(plenty_of_memory):
     cpu = make_settings(Path("/tmp"), target=Target(device="cpu", cpu_cores=(0, 1)))
     assert default_concurrency(cpu) == 2  # one core per rank, the CPU space's layout is tp1
     h100 = resolve_gpu("H100-80GB")
@@ -143,7 +151,20 @@ def test_default_concurrency_fills_the_node_with_the_smallest_layout():
     assert default_concurrency(three) == 1
 
 
-def test_packed_cpu_study_runs_two_trials_at_once_on_disjoint_cores(tmp_path, log_dir, monkeypatch):
+def test_cpu_engine_default_is_capped_by_available_memory(monkeypatch):
+    import psutil
+
+    from vtune._study import cpu_trial_memory_gib
+
+    settings = make_settings(Path("/tmp"), target=Target(device="cpu", cpu_cores=tuple(range(8))))
+    per_trial = cpu_trial_memory_gib(settings)
+    assert per_trial >= 4 + 2  # the space's largest KV cache space (4 GiB) and the engine's own memory
+    for gib, expected in ((1000, 8), (2.5 * per_trial, 2), (1, 1)):
+        monkeypatch.setattr(psutil, "virtual_memory", lambda g=gib: type("M", (), {"available": g * 2**30})())
+        assert default_concurrency(settings) == expected
+
+
+def test_packed_cpu_study_runs_two_trials_at_once_on_disjoint_cores(tmp_path, log_dir, monkeypatch, plenty_of_memory):
     monkeypatch.setattr(sys.modules[__name__], "_BARRIER", threading.Barrier(2, timeout=60))
     settings = make_settings(tmp_path)
     summary = run_study(settings, n_trials=6, max_concurrent_trials=None, trial_fn=_first_two_meet(), quiet=True,
@@ -225,7 +246,7 @@ def test_max_concurrent_trials_below_one_is_a_one_line_error(tmp_path):
 
 
 # ------------------------------------------------------------------ workers
-def test_worker_joins_a_study_runs_to_its_budget_and_never_exports(tmp_path, log_dir):
+def test_worker_joins_a_study_runs_to_its_budget_and_never_exports(tmp_path, log_dir, plenty_of_memory):
     settings = make_settings(tmp_path, name="joined")
     study, _, _, url = prepare_study(settings, n_trials=5)
     baselines = [t.number for t in study.get_trials() if t.user_attrs.get("baseline")]

@@ -17,6 +17,29 @@ inside an Optuna study:
   killed process is marked FAIL with the reason and its engine is killed;
   ``--n-trials`` and ``--timeout`` count what was already done;
 * at the end the best few are re-measured and the best config is exported.
+
+Scale-out:
+
+* packing: with ``max_concurrent_trials`` > 1 (default on the CLI: as many as
+  fill the node, :func:`default_concurrency`) trials run in threads, each on a
+  lease of disjoint GPUs (TP x PP x DP of them) or CPU cores (one per rank) from
+  a :class:`vtune._scheduler.ResourcePool`; a trial needing more than the node
+  has is pruned before launch (``pruned_by: resources``). Ports, logs and trial
+  folders are per trial; the compile caches under ``studies/<name>/cache`` stay
+  shared by the study's trials (entries are keyed by content hash; the IPC
+  sockets in its tmp folder by UUID). The sampler sees running
+  trials: TPE with ``constant_liar`` (single- and multi-objective).
+* several machines: :func:`run_worker` (``vtune worker``) joins a study from its
+  storage (PostgreSQL), with this machine's hardware. Only :func:`run_study`
+  (``vtune study``) enqueues baselines, and it re-measures and exports only
+  once no trial runs anywhere; workers just run trials. The budget is the
+  study's, stored with it; trials started at the same instant by two workers
+  can overshoot it by one each (Optuna's own distributed budget has the same
+  race). Optuna claims each trial atomically (``SELECT ... FOR UPDATE``; on
+  SQLite vtune adds a lock), so two workers never run the same trial.
+* lost workers: every running trial sends heartbeats; a trial whose worker was
+  silent for the grace period is failed by the next worker that looks, with
+  ``failure = {"kind": "worker_lost", ...}`` in its user attributes.
 """
 
 from __future__ import annotations
@@ -29,6 +52,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -409,6 +434,8 @@ class _Runner:
         self.cores_per_rank = max(1, cores_per_rank)
         self.cache_dir = settings.study_dir / "cache"
         self._lock = threading.Lock()
+        #: Set on Ctrl-C while trials run in threads: no new engine starts, failures read "interrupted".
+        self.interrupted = threading.Event()
 
     # -- calibration lives in the study, shared with workers
     def calibration(self) -> Calibration:
@@ -531,6 +558,10 @@ class _Runner:
         trial.set_user_attr("cpu_cores", cores)
         trial.set_user_attr("lease", {"device": s.target.device, "units": lease, **_worker_id()}
                             if lease is not None else None)
+        if self.interrupted.is_set():
+            self.release(lease)
+            trial.set_user_attr("failure", _interrupted_failure("before its engine started").to_dict())
+            raise TrialFailed("interrupted before launch")
         extra: dict[str, Any] = {"cpu_cores": cores} if cores is not None else {}
         try:
             rec = self.trial_fn(cfg, s.workload, run_dir, gpus=gpus, duration_s=s.duration_s,
@@ -538,6 +569,8 @@ class _Runner:
                                 **extra)
         finally:
             self.release(lease)
+        if self.interrupted.is_set() and rec.failure is not None:
+            rec.failure = _interrupted_failure("while it ran; its engine was stopped")
         self._record(trial, rec, est)
         if rec.startup is not None and s.target.device == "gpu":
             with self._lock:  # trials finishing at once in this process must not drop an observation
@@ -575,6 +608,13 @@ class _Runner:
                                         "overhead_s": rec.overhead_s})
         if rec.startup is not None and rec.startup.kv_cache_tokens and est.kv_cache_tokens:
             trial.set_user_attr("kv_tokens_error", est.kv_cache_tokens / rec.startup.kv_cache_tokens - 1)
+
+
+def _interrupted_failure(when: str) -> Any:
+    from vtune._logparse import Failure
+
+    return Failure(kind="interrupted", message=f"the study was interrupted (Ctrl-C) {when}", log_line=None,
+                   exit_code=None)
 
 
 # ------------------------------------------------------------------- lifecycle
@@ -791,10 +831,43 @@ def default_concurrency(settings: StudySettings) -> int:
     Units are the GPUs on a GPU target and the cores on the CPU engine (one per
     rank). A space whose layouts all take the whole node (the default GPU space:
     every layout uses every GPU) gives 1.
+
+    On the CPU engine every trial also holds its KV cache space and the model
+    in host memory, so there the count is also capped by the memory available
+    now: one trial per :func:`cpu_trial_memory_gib` (a 64-core box does not start
+    64 engines with 4 GiB of KV cache each on 128 GiB).
     """
     units = settings.target.num_gpus if settings.target.device == "gpu" else len(settings.target.cpu_cores)
     smallest = max(1, min(layout_sizes(settings)))
-    return max(1, units // smallest)
+    k = max(1, units // smallest)
+    if settings.target.device == "cpu":
+        import psutil
+
+        available_gib = psutil.virtual_memory().available / 2**30
+        k = min(k, max(1, int(available_gib // cpu_trial_memory_gib(settings))))
+    return k
+
+
+#: Host memory (GiB) a CPU-engine trial takes besides its KV cache: API server, engine core, GuideLLM.
+CPU_TRIAL_OVERHEAD_GIB = 2.5
+
+
+def cpu_trial_memory_gib(settings: StudySettings) -> float:
+    """Most host memory one CPU-engine trial of the study may take: largest KV space + weights + overhead."""
+    from vtune._target import CPU_DEFAULT_KV_SPACE_GIB
+
+    dim = settings.space.get("VLLM_CPU_KVCACHE_SPACE")
+    if dim is not None and dim.enabled and dim.fixed is not None:
+        kv = float(dim.fixed)
+    elif dim is not None and dim.active:
+        kv = float(max(dim.choices or [0])) if dim.kind == "categorical" else float(dim.high or 0)
+    else:
+        kv = float(settings.base.env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_DEFAULT_KV_SPACE_GIB)
+    try:
+        weights = parameter_count(_shape_for(settings.model)) * 4 / 2**30  # float32 at most
+    except Exception:
+        weights = 0.0
+    return kv + weights + CPU_TRIAL_OVERHEAD_GIB
 
 
 def enqueue_baselines(study: optuna.Study, settings: StudySettings, shape: ModelShape) -> int:
@@ -1065,9 +1138,42 @@ def _run_trials_here(
             st.stop()  # the study's budget is handed out (here or on other workers)
 
     if (remaining is None or remaining > 0) and (time_left is None or time_left > 0):
-        study.optimize(runner, n_trials=remaining, timeout=time_left, catch=(TrialFailed,), callbacks=[on_done],
-                       n_jobs=k, gc_after_trial=False)
+        with _stop_engines_on_ctrl_c(runner, k > 1):
+            study.optimize(runner, n_trials=remaining, timeout=time_left, catch=(TrialFailed,),
+                           callbacks=[on_done], n_jobs=k, gc_after_trial=False)
     return runner, ran, k
+
+
+@contextmanager
+def _stop_engines_on_ctrl_c(runner: _Runner, threaded: bool) -> Iterator[None]:
+    """While trials run in threads, Ctrl-C stops their engines at once.
+
+    Optuna's thread pool waits for the running trials before the
+    KeyboardInterrupt leaves ``optimize``; without this a packed study would
+    go on measuring for minutes after Ctrl-C. The engines are stopped, their
+    trials recorded as failed (``interrupted``) and no new trial starts.
+    """
+    import signal
+
+    if not threaded or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from vtune._server import _kill_live_groups
+
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        if not runner.interrupted.is_set():
+            runner.interrupted.set()
+            print("interrupted: stopping the running trials' engines", file=sys.stderr, flush=True)
+            threading.Thread(target=_kill_live_groups, name="vtune-stop-engines", daemon=True).start()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def wait_for_running(study: optuna.Study, *, quiet: bool = False, poll_s: float | None = None) -> None:
