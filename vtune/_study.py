@@ -436,6 +436,7 @@ class _Runner:
         self._lock = threading.Lock()
         #: Set on Ctrl-C while trials run in threads: no new engine starts, failures read "interrupted".
         self.interrupted = threading.Event()
+        self._in_flight = 0
 
     # -- calibration lives in the study, shared with workers
     def calibration(self) -> Calibration:
@@ -492,6 +493,22 @@ class _Runner:
             self.alloc.release(lease)
 
     def __call__(self, trial: optuna.Trial) -> Any:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            return self._run(trial)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Waits until no trial of this process is in flight; False if ``timeout_s`` passed first."""
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return not self._in_flight
+
+    def _run(self, trial: optuna.Trial) -> Any:
         t0 = time.monotonic()
         s = self.s
         trial.set_user_attr("worker", _worker_id())
@@ -560,7 +577,7 @@ class _Runner:
                             if lease is not None else None)
         if self.interrupted.is_set():
             self.release(lease)
-            trial.set_user_attr("failure", _interrupted_failure("before its engine started").to_dict())
+            trial.set_user_attr("failure", _interrupted_failure("before its engine started"))
             raise TrialFailed("interrupted before launch")
         extra: dict[str, Any] = {"cpu_cores": cores} if cores is not None else {}
         try:
@@ -569,9 +586,10 @@ class _Runner:
                                 **extra)
         finally:
             self.release(lease)
-        if self.interrupted.is_set() and rec.failure is not None:
-            rec.failure = _interrupted_failure("while it ran; its engine was stopped")
         self._record(trial, rec, est)
+        if self.interrupted.is_set() and rec.failure is not None:
+            trial.set_user_attr("failure", _interrupted_failure("while it ran; its engine was stopped",
+                                                                rec.failure.to_dict()))
         if rec.startup is not None and s.target.device == "gpu":
             with self._lock:  # trials finishing at once in this process must not drop an observation
                 self._save_calibration(self.calibration().observe(est, rec.startup.to_dict()))
@@ -610,11 +628,11 @@ class _Runner:
             trial.set_user_attr("kv_tokens_error", est.kv_cache_tokens / rec.startup.kv_cache_tokens - 1)
 
 
-def _interrupted_failure(when: str) -> Any:
-    from vtune._logparse import Failure
-
-    return Failure(kind="interrupted", message=f"the study was interrupted (Ctrl-C) {when}", log_line=None,
-                   exit_code=None)
+def _interrupted_failure(when: str, engine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``failure`` user attribute of a trial stopped by Ctrl-C (as :func:`recover_stale_trials` writes)."""
+    return {"kind": "interrupted", "message": f"the study was interrupted (Ctrl-C) {when}",
+            "log_line": (engine or {}).get("log_line"), "exit_code": (engine or {}).get("exit_code"),
+            "engine_failure": engine}
 
 
 # ------------------------------------------------------------------- lifecycle
@@ -1150,8 +1168,9 @@ def _stop_engines_on_ctrl_c(runner: _Runner, threaded: bool) -> Iterator[None]:
 
     Optuna's thread pool waits for the running trials before the
     KeyboardInterrupt leaves ``optimize``; without this a packed study would
-    go on measuring for minutes after Ctrl-C. The engines are stopped, their
-    trials recorded as failed (``interrupted``) and no new trial starts.
+    go on measuring for minutes after Ctrl-C (Optuna returns at once but leaves
+    them running). The engines are stopped, their trials recorded as failed
+    (``interrupted``), no new trial starts, and then the KeyboardInterrupt goes on.
     """
     import signal
 
@@ -1172,6 +1191,12 @@ def _stop_engines_on_ctrl_c(runner: _Runner, threaded: bool) -> Iterator[None]:
     signal.signal(signal.SIGINT, on_interrupt)
     try:
         yield
+    except KeyboardInterrupt:
+        # Optuna returns at once and leaves the trial threads running: wait while they
+        # stop their engines and record their trials as failed (a second Ctrl-C gives up).
+        signal.signal(signal.SIGINT, previous)
+        runner.wait_idle(timeout_s=120)
+        raise
     finally:
         signal.signal(signal.SIGINT, previous)
 
