@@ -668,7 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rebuild a study from its storage (model, workload, space, objectives, budget) "
                                    "and run its trials on this machine's GPUs (or CPU cores) until its budget is "
                                    "spent. Workers only run trials: the `vtune study` process enqueues baselines, "
-                                   "re-measures and exports. Use a PostgreSQL --storage shared by all machines.")
+                                   "re-measures and exports. Use a PostgreSQL --storage shared by all machines, "
+                                   "and one vtune process per machine (each fills its node; on one machine raise "
+                                   "--max-concurrent-trials instead).")
     _add_study_location(p)
     p.add_argument("--gpus", help="GPU indices this worker uses, e.g. 0,1 (default: all found)")
     p.add_argument("--n-trials", type=int, help="most trials this worker runs (default: until the study's budget "
