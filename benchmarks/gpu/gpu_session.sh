@@ -16,7 +16,8 @@ MODEL=$W/models/llama-8b
 S=$W/studies; C=$W/configs
 COMMON=(--studies-dir "$S" --configs-dir "$C")
 STUDY=gpu-8b-chatbot
-LOAD=(--workload chatbot --concurrency 256 --duration-s 15)
+LOAD=(--workload chatbot --concurrency 256 --duration-s 12)
+FINAL_S=${FINAL_S:-330}
 source benchmarks/gpu/kit_install.sh
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$W/models"
@@ -24,7 +25,10 @@ NGPU=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
 [ -f "$MODEL/config.json" ] || python3 .gpukit/make_model.py "$MODEL" "$(python3 -c 'import json,sys; sys.path.insert(0,"tests"); from shapes import LLAMA_8B; print(json.dumps(LLAMA_8B))')" >/dev/null
 
 collect() {
-  tar czf "$OUT/gpu-$PHASE.tar.gz" -C "$W" studies configs $( [ -d $W/logs ] && echo logs ) 2>/dev/null
+  (cd "$W" && find studies configs logs yaml-bench -maxdepth 5 \( -name '*.db' -o -name trial.json -o -name server.log \
+      -o -name flags.txt -o -name config.yaml -o -name load_result.json -o -name '*.md' -o -name '*.png' \
+      -o -name '*.csv' -o -name '*.yaml' -o -name '*.flags' -o -name '*.env' -o -name '*.log' \) \
+      -not -path '*/cache/*' 2>/dev/null | tar czf "$OUT/gpu-$PHASE.tar.gz" -T -)
   python3 - "$S/$STUDY.db" > "$OUT/trials-$PHASE.json" <<'PY'
 import json, sys, optuna
 st = optuna.load_study(study_name="gpu-8b-chatbot", storage=f"sqlite:///{sys.argv[1]}")
@@ -64,10 +68,11 @@ if [ "$PHASE" = study ]; then
   exit 0
 fi
 
-# final
+# final / more: resume the study for FINAL_S more seconds of new trials (its --timeout counts time already spent)
+SPENT=$(python3 -c "import optuna; from vtune._study import elapsed_s; print(int(elapsed_s(optuna.load_study(study_name='$STUDY', storage='sqlite:///$S/$STUDY.db'))))")
 python3 -m vtune study --study $STUDY --model "$MODEL" "${LOAD[@]}" --gpus 0,1 --n-trials 8 \
-    --space benchmarks/gpu/space-8b-2gpu.yaml --remeasure 0 --timeout 100000 --seed 7 --report "${COMMON[@]}" \
-    -- --load-format dummy > "$OUT/study-final.out" 2> "$OUT/study-final.err" &
+    --space benchmarks/gpu/space-8b-2gpu.yaml --remeasure 0 --timeout $((SPENT + FINAL_S)) --seed 7 --report \
+    "${COMMON[@]}" -- --load-format dummy > "$OUT/study-$PHASE.out" 2> "$OUT/study-$PHASE.err" &
 SP=$!
 if [ "$NGPU" -ge 4 ]; then
   mkdir -p $W/logs
@@ -76,8 +81,9 @@ if [ "$NGPU" -ge 4 ]; then
   MP=$!
 fi
 wait $SP
+if [ "$PHASE" = more ]; then collect; tail -4 "$OUT/study-$PHASE.out"; exit 0; fi
 python3 -m vtune bench --config "$C/$STUDY.yaml" "${LOAD[@]}" --gpus 0,1 --json --run-dir $W/yaml-bench \
     > "$OUT/yaml-bench.json" 2> "$OUT/yaml-bench.err"
 [ -n "${MP:-}" ] && wait $MP
 collect
-tail -3 "$OUT/study-final.out"; python3 -c "import json; d=json.load(open('$OUT/yaml-bench.json')); print('yaml bench', d.get('status'), d.get('goodput_requests_per_second'), d.get('output_tokens_per_second'), d.get('failure'))"
+tail -3 "$OUT/study-$PHASE.out"; python3 -c "import json; d=json.load(open('$OUT/yaml-bench.json')); print('yaml bench', d.get('status'), d.get('goodput_requests_per_second'), d.get('output_tokens_per_second'), d.get('failure'))"
