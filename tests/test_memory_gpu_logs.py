@@ -54,3 +54,25 @@ def test_dense_8b_calibrated_on_default_predicts_small_batch_start():
     shape2, cfg2, obs2 = _case("8b-b2048-s64")
     assert estimate_memory(shape2, cfg2, H100, calibration=cal).kv_cache_tokens == pytest.approx(
         obs2.kv_cache_tokens, rel=0.005)
+
+
+STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-study-2xh200" / "trials.json"
+
+
+def _h200_trials():
+    import json
+
+    return [t for t in json.loads(STUDY.read_text())["trials"] if t.get("flags")]
+
+
+@pytest.mark.parametrize("trial", _h200_trials(), ids=lambda t: f"h200-trial{t['n']}")
+def test_h200_study_starts_within_half_a_percent(trial):
+    from vtune._memory import Gpu
+    from vtune._serve_config import parse_serve_args
+
+    obs = parse_startup_log((LOGS / f"h200x2-vllm0.26-study-trial{trial['n']}.log").read_text())
+    cfg = parse_serve_args(trial["flags"].split()[2:])
+    e = estimate_memory(shape_from_config(LLAMA_8B), cfg, Gpu("H200", 139.80))
+    assert e.weights_gib == pytest.approx(obs.weights_gib, abs=0.05)
+    assert e.non_torch_gib == pytest.approx(obs.non_torch_gib, abs=0.02)
+    assert e.kv_cache_tokens == pytest.approx(obs.kv_cache_tokens, rel=0.005)

@@ -27,7 +27,7 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pipeline-parallel-size", "-pp", type=int, help="pipeline stages per replica")
     g.add_argument("--data-parallel-size", "-dp", type=int, help="engine replicas")
     g.add_argument("--max-model-len", type=int, help="longest request in tokens (default: the model's)")
-    g.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory vLLM may use (0.9)")
+    g.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory vLLM may use (0.92)")
     g.add_argument("--max-num-seqs", type=int, help="sequences per step per replica")
     g.add_argument("--max-num-batched-tokens", type=int, help="tokens per step per replica")
     g.add_argument("--dtype", help="auto, bfloat16, float16, float32")

@@ -56,6 +56,8 @@ __all__ = [
 
 GIB = 1 << 30
 MIB = 1 << 20
+#: vLLM's default --gpu-memory-utilization (``CacheConfig``), 0.92 since 0.2x.
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
 
 #: Total memory per GPU as ``torch.cuda.mem_get_info()`` reports it (GiB).
 #: H100-80GB was read on the lent H100 80GB HBM3: 85,017,493,504 bytes = 79.178 GiB
@@ -143,11 +145,12 @@ def _match_gpu_name(name: str) -> str | None:
 class GpuConstants:
     """Constants of the modelled (measured-by-vLLM) terms, with their sources.
 
-    Fitted to six engine starts of vLLM 0.26 on an H100 80GB
-    (``benchmarks/results/gpu-logs/``; dummy weights, max-model-len 8192): a
-    Llama-3.1-8B shape at (batched tokens, seqs) = (8192, 1024) and (2048, 64),
-    a Qwen3-0.6B shape at (8192, 1024) and (2048, 128), and a Qwen3-30B-A3B MoE
-    shape at the defaults. See ``benchmarks/results/memory_model_h100.md``.
+    Fitted to engine starts of vLLM 0.26 (``benchmarks/results/gpu-logs/``;
+    dummy weights): on an H100 80GB at max-model-len 8192, a Llama-3.1-8B shape
+    at (batched tokens, seqs) = (8192, 1024) and (2048, 64), a Qwen3-0.6B shape
+    at (8192, 1024) and (2048, 128), a Qwen3-30B-A3B MoE shape at the defaults;
+    on two H200s, the seven starts of the 8B study (TP=2 and DP=2). See
+    ``benchmarks/results/memory_model.md``.
 
     Attributes:
         act_embed_copies: Peak activation never fell below one LM-head-sized
@@ -162,11 +165,13 @@ class GpuConstants:
         act_moe_factor: MoE layers add top_k x (2 x expert width / TP + hidden)
             elements per token (fused-MoE intermediate caches) times this
             factor, fitted to the Qwen3-30B-A3B start (2.68 GiB peak).
-        non_torch_gib: Non-torch memory of one GPU worker: 0.22 GiB on every
-            dense start, 0.24 on the MoE one.
-        non_torch_comm_gib: Extra non-torch memory per GPU when TP x PP > 1
-            (NCCL and custom all-reduce buffers). Provisional until the TP=2
-            starts on two H200s are folded in.
+        non_torch_gib: Non-torch memory of one GPU worker without tensor or
+            pipeline parallel: 0.22 GiB on every such start (H100 and H200,
+            data parallel included), 0.24 on the MoE one.
+        non_torch_parallel_gib: Non-torch memory per GPU with TP x PP > 1:
+            0.06-0.07 GiB on the four TP=2 starts on two H200s. Lower, not
+            higher: NCCL and the custom all-reduce buffers are allocated before
+            vLLM's baseline snapshot, so they are not in the increase it reports.
         cudagraph_width_factor: The captured graph pool held, for the largest
             capture size, per layer and token, (q+k+v width + query width +
             2 x hidden) elements times this factor: 1.74 (8B) and 2.29 (0.6B)
@@ -188,7 +193,7 @@ class GpuConstants:
     act_token_width: float = 1.0
     act_moe_factor: float = 4.58
     non_torch_gib: float = 0.22
-    non_torch_comm_gib: float = 0.40
+    non_torch_parallel_gib: float = 0.065
     cudagraph_width_factor: float = 2.0
     cudagraph_moe_factor: float = 1.3
     cudagraph_reserved_fraction: float = 0.8
@@ -368,7 +373,8 @@ def _resolve(shape: ModelShape, cfg: ServeConfig, gpu: Gpu | None, device: str) 
                         ("--data-parallel-size", dp)):
         if value < 1:
             raise VtuneError(f"{flag} must be >= 1, got {value}")
-    util = 0.9 if cfg.gpu_memory_utilization is None else cfg.gpu_memory_utilization
+    # CacheConfig.gpu_memory_utilization defaults to 0.92 in vLLM 0.26 and 0.32 (0.9 in older releases).
+    util = DEFAULT_GPU_MEMORY_UTILIZATION if cfg.gpu_memory_utilization is None else cfg.gpu_memory_utilization
     if not 0 < util <= 1:
         raise VtuneError(f"--gpu-memory-utilization must be in (0, 1], got {util}")
     mml = shape.max_position_embeddings if cfg.max_model_len is None else cfg.max_model_len
@@ -591,7 +597,7 @@ def _gpu_terms(
     if shape.moe and any(shape.moe_layers):
         moe = shape.moe
         activation += t * moe.top_k * (2 * moe.expert_intermediate_size / tp + h) * dt * c.act_moe_factor
-    non_torch = c.non_torch_gib * GIB + (c.non_torch_comm_gib * GIB if tp * r.pp > 1 else 0.0)
+    non_torch = (c.non_torch_parallel_gib if tp * r.pp > 1 else c.non_torch_gib) * GIB
     sizes = _capture_sizes(r, cfg)
     graphs = 0.0
     if sizes:

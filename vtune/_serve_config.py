@@ -52,7 +52,7 @@ class ServeConfig:
         default=None, metadata=_doc("Longest request (prompt + output tokens) the engine accepts.")
     )
     gpu_memory_utilization: float | None = field(
-        default=None, metadata=_doc("Fraction of each GPU's total memory vLLM may use (default 0.9).")
+        default=None, metadata=_doc("Fraction of each GPU's total memory vLLM may use (default 0.92).")
     )
     max_num_seqs: int | None = field(
         default=None, metadata=_doc("Most sequences scheduled in one step, per engine replica.")
