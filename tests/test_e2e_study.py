@@ -24,7 +24,7 @@ NAME = "ci-study"
 
 def study_cmd(workdir: Path, n_trials: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "vtune", "study", "--study", NAME, "--n-trials", str(n_trials),
-            "--duration-s", "6", "--remeasure", "0", "--seed", "1",
+            "--duration-s", "6", "--remeasure", "0", "--seed", "1", "--max-concurrent-trials", "1",
             "--enqueue", "--max-model-len 100000", *extra]
 
 
@@ -52,12 +52,20 @@ def attr(workdir: Path, number: int, key: str):
         db.close()
 
 
-def engines() -> list[psutil.Process]:
+def engines(workdir: Path) -> list[psutil.Process]:
+    """Live processes of the engines this study launched (their process groups, from the trials' attrs)."""
+    pgids = set()
+    for number, _ in trials(workdir):
+        info = attr(workdir, number, "engine") or {}
+        if info.get("pgid"):
+            pgids.add(info["pgid"])
     out = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if "vtune._launcher" in cmd and "serve" in cmd:
-            out.append(p)
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) in pgids and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (ProcessLookupError, psutil.Error):
+            continue
     return out
 
 
@@ -86,7 +94,7 @@ def test_e2e_study_four_trials_with_one_pruned_before_launch(workdir):
             run_dir = Path(attr(workdir, n, "run_dir"))
             assert (run_dir / "server.log").is_file() and (run_dir / "trial.json").is_file()
             assert (run_dir / "config.yaml").is_file() and list((run_dir / "load").glob("guidellm-step-*.json"))
-    assert engines() == []
+    assert engines(workdir) == []
 
 
 def test_e2e_best_and_exports(workdir):
@@ -166,9 +174,9 @@ def test_e2e_sigkill_mid_trial_resumes_with_trial_failed_and_no_orphan(workdir):
             proc.kill()
     # The engine dies with vtune (parent-death signal); nothing is left behind.
     deadline = time.time() + 60
-    while engines() and time.time() < deadline:
+    while engines(workdir) and time.time() < deadline:
         time.sleep(1)
-    assert engines() == []
+    assert engines(workdir) == []
     assert dict(trials(workdir))[victim] == "RUNNING"  # as the killed process left it
     resumed = run(workdir, done + 1)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -176,4 +184,4 @@ def test_e2e_sigkill_mid_trial_resumes_with_trial_failed_and_no_orphan(workdir):
     failure = attr(workdir, victim, "failure")
     assert failure["kind"] == "interrupted" and "died while this trial ran" in failure["message"]
     assert len(trials(workdir)) == done + 1  # the failed trial counts against --n-trials
-    assert engines() == []
+    assert engines(workdir) == []
