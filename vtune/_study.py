@@ -86,6 +86,16 @@ class TrialFailed(Exception):
     """A trial whose engine or load failed (recorded as FAIL, the study goes on)."""
 
 
+class GpuMemoryNotBack(VtuneError):
+    """A trial's GPUs did not return to their idle memory: the study stops with this message."""
+
+
+#: How long a finished trial waits for its GPUs' memory to come back before the study stops.
+GPU_MEMORY_WAIT_S = 120.0
+#: Used memory above the level before the engine started that still counts as back.
+GPU_MEMORY_TOLERANCE_MIB = 256
+
+
 @dataclass
 class StudySettings:
     """Everything that defines a study (stored with it, so workers can join).
@@ -584,6 +594,8 @@ class _Runner:
             rec = self.trial_fn(cfg, s.workload, run_dir, gpus=gpus, duration_s=s.duration_s,
                                 cache_dir=self.cache_dir, on_step=on_step, on_phase=on_phase, on_launch=on_launch,
                                 **extra)
+            if gpus and rec.teardown.get("gpu_memory_back") is False:
+                self._wait_for_gpu_memory(trial, rec, gpus, on_phase)
         finally:
             self.release(lease)
         self._record(trial, rec, est)
@@ -611,6 +623,38 @@ class _Runner:
         summary = objective_summary(s.objectives, values)
         self.progress.line(done + 1, trial.number, what, f"done: {summary}", time.monotonic() - t0)
         return values[0] if single else values
+
+    def _wait_for_gpu_memory(self, trial: optuna.Trial, rec: TrialRecord, gpus: list[int], on_phase: Any) -> None:
+        """Holds the trial's GPUs until their memory is back to its level before the engine started.
+
+        Raises:
+            GpuMemoryNotBack: Still not back after :data:`GPU_MEMORY_WAIT_S`; the
+                study stops (resuming later continues it).
+        """
+        from vtune._hardware import gpu_memory_used_bytes
+
+        before = {int(k): int(v) for k, v in (rec.teardown.get("gpu_memory_before_mib") or {}).items()}
+        on_phase("waiting for GPU memory to come back")
+        t0 = time.monotonic()
+        excess: dict[int, int] = {}
+        while True:
+            used = {g: b // (1 << 20) for g, b in gpu_memory_used_bytes(gpus).items()}
+            excess = {g: used[g] - before.get(g, used[g]) for g in used
+                      if used[g] - before.get(g, used[g]) > GPU_MEMORY_TOLERANCE_MIB}
+            if not excess or time.monotonic() - t0 >= GPU_MEMORY_WAIT_S:
+                break
+            time.sleep(2)
+        waited = time.monotonic() - t0
+        trial.set_user_attr("gpu_memory_wait_s", waited)
+        if excess:
+            trial.set_user_attr("gpu_memory_not_back_mib", {str(g): v for g, v in excess.items()})
+            listing = ", ".join(f"GPU {g}: {v:,} MiB" for g, v in sorted(excess.items()))
+            raise GpuMemoryNotBack(
+                f"after trial {trial.number} the GPU memory did not return to its level before the engine started "
+                f"({listing} more after {waited:.0f} s; a process outside vtune's control?); the study stops so "
+                "that no trial runs on a half-full GPU: free that memory (nvidia-smi shows who holds it), then re-run "
+                "the same command to resume"
+            )
 
     def _record(self, trial: optuna.Trial, rec: TrialRecord, est: Any) -> None:
         trial.set_user_attr("run_dir", rec.run_dir)
