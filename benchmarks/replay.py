@@ -637,7 +637,7 @@ def score(events: Iterable[Event], true_value: Callable[[str], float], best: flo
         launches += 1
         failed += e.failed
         device_s += e.device_s
-        if any_reached is None and not e.failed and true_value(e.pid) >= target_frac * best:
+        if any_reached is None and not e.failed and e.label != "probe" and true_value(e.pid) >= target_frac * best:
             any_reached = launches
         if e.observed is not None and (incumbent is None or e.observed > incumbent[0]):
             incumbent = (e.observed, e.pid)
@@ -702,7 +702,7 @@ def _fmt(st: dict[str, float], digits: int = 0, unit: str = "") -> str:
 
 
 # ------------------------------------------------------------------------- main
-def table_summary(table: Table) -> dict[str, Any]:
+def table_summary(table: Table, target_frac: float = TARGET_FRAC) -> dict[str, Any]:
     """The landscape's numbers: best point, failures, spread of repeats."""
     best_pid, best = table.best
     spreads = {}
@@ -712,7 +712,7 @@ def table_summary(table: Table) -> dict[str, Any]:
             m = sum(vals) / len(vals)
             spreads[pid] = {"values": vals, "mean": m, "min_max_pct_of_mean": [100 * min(vals) / m,
                                                                                100 * max(vals) / m]}
-    near = [p for p in table.point_ids if table.mean_goodput(p) >= TARGET_FRAC * best]
+    near = [p for p in table.point_ids if table.mean_goodput(p) >= target_frac * best]
     return {
         "points": len(table.point_ids), "measurements": sum(len(r) for r in table.rows.values()),
         "failed_points": [p for p in table.point_ids if table.failed(p)],
@@ -773,6 +773,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--first-seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES), help="comma-separated strategies")
     p.add_argument("--budget", type=int, help="launches per run (default: twice the grid's points)")
+    p.add_argument("--target-frac", type=float, default=TARGET_FRAC,
+                   help=f"the target: this fraction of the table's best mean goodput (default {TARGET_FRAC})")
     p.add_argument("--out", help="write OUT.md and OUT.json")
     return p
 
@@ -795,16 +797,17 @@ def main(argv: list[str] | None = None) -> int:
             strategies.remove("gp")
     results: dict[str, Any] = {}
     raw: dict[str, list[dict[str, Any]]] = {}
+    index = {pid: i for i, pid in enumerate(table.point_ids)}
     for name in strategies:
         t0 = time.monotonic()
         scores = []
         for seed in seeds:
             lookup = run_strategy(table, name, seed, budget)
-            s = score(lookup.events, table.mean_goodput, best, early)
+            s = score(lookup.events, table.mean_goodput, best, early, args.target_frac)
             scores.append(s)
-            raw.setdefault(name, []).append({"seed": seed, **s.to_dict(),
-                                             "sequence": [e.pid if not e.label else f"{e.label}:{e.pid}"
-                                                          for e in lookup.events][:60]})
+            raw.setdefault(name, []).append({"seed": seed, **s.to_dict(), "sequence": " ".join(
+                (f"{e.label}:" if e.label else "") + str(index[e.pid]) + ("!" if e.failed else "")
+                + ("" if e.observed is not None or e.failed or e.label else "~") for e in lookup.events)})
         results[name] = summarize_scores(scores)
         print(f"{name}: {_fmt(results[name]['launches_to_target'])} launches to target "
               f"({results[name]['reached']}/{len(seeds)} reached) in {time.monotonic() - t0:.0f} s", file=sys.stderr)
@@ -817,15 +820,19 @@ def main(argv: list[str] | None = None) -> int:
                           "launches_to_any_target (a configuration within the target was launched, picked or not), "
                           "best_at_early_pct, failed_launches, device_s_to_target, final_pct, launches; "
                           "reached: seeds that reached the target; snapped_lookups: lookups resolved to a grid point",
-            "runs": "per strategy and seed: the scores and the first 60 trials (point ids; probe:/baseline: tags)",
+            "runs": "per strategy and seed: the scores and every launch in order as 'sequence': the point's index "
+                    "in point_ids, '!' could not start, '~' stopped early, 'probe:' a start without load, "
+                    "'<preset>:' a preset",
+            "point_ids": "the grid's points in grid order (first dimension outermost)",
             "target_frac": "the target: this fraction of the table's best mean goodput",
             "early_launches": "launches after which best_at_early_pct is taken (25% of the grid's points)",
             "budget": "launches per run",
         },
         "command": shlex.join(["python", "benchmarks/replay.py", *(argv if argv is not None else sys.argv[1:])]),
         "table_path": str(args.table), "table_header_command": table.header.get("command"),
-        "table": table_summary(table), "seeds": len(seeds), "budget": budget, "early_launches": early,
-        "target_frac": TARGET_FRAC, "strategies": results, "runs": raw,
+        "table": table_summary(table, args.target_frac), "seeds": len(seeds), "budget": budget,
+        "early_launches": early, "target_frac": args.target_frac, "strategies": results,
+        "point_ids": table.point_ids, "runs": raw,
     }
     md = render_markdown(out)
     print(md)

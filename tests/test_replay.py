@@ -183,6 +183,8 @@ def test_launches_to_target_on_a_hand_made_sequence() -> None:
     assert s.launches == 7 and s.final_pct == pytest.approx(100.0) and s.picked == "d"
     # picking by observed values: a lucky draw of a worse point is what counts
     noisy = [E("b", observed=11.0), E("d", observed=10.0)]
+    probe_only = [E("d", label="probe"), E("a", observed=5.0)]
+    assert replay.score(probe_only, true.__getitem__, best=10.0, early_launches=1).launches_to_any_target is None
     lucky = replay.score(noisy, true.__getitem__, best=10.0, early_launches=1)
     assert lucky.launches_to_target is None and lucky.launches_to_any_target == 2
     assert replay.quantile([1, 2, math.inf, math.inf], 0.5) == math.inf
