@@ -369,16 +369,9 @@ def model_facts(model_dir: Path, spec_model: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------- rows
 def _j(value: Any) -> str:
-    def clean(o: Any) -> Any:
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, list | tuple):
-            return [clean(v) for v in o]
-        return o
+    from vtune._study import json_safe
 
-    return json.dumps(clean(value), separators=(",", ":"))
+    return json.dumps(json_safe(value), separators=(",", ":"))
 
 
 def _num(value: Any) -> str:

@@ -755,17 +755,6 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _finite(o: Any) -> Any:
-    """Infinities and NaN as null (JSON has neither)."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [_finite(v) for v in o]
-    return o
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("table", help="the landscape CSV (its .json header beside it)")
@@ -840,7 +829,9 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(args.out)
         base.parent.mkdir(parents=True, exist_ok=True)
         base.with_suffix(".md").write_text(md)
-        base.with_suffix(".json").write_text(json.dumps(_finite(out), indent=1, default=str) + "\n")
+        from vtune._study import json_safe
+
+        base.with_suffix(".json").write_text(json.dumps(json_safe(out), indent=1, default=str) + "\n")
     return 0
 
 

@@ -1460,15 +1460,17 @@ def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
     return rows
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with infinities and NaN as None (JSON has neither), recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def dump_json(obj: Any) -> str:
     """JSON text with non-finite floats as null."""
-    def clean(o: Any) -> Any:
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        if isinstance(o, dict):
-            return {k: clean(v) for k, v in o.items()}
-        if isinstance(o, list | tuple):
-            return [clean(v) for v in o]
-        return o
-
-    return json.dumps(clean(obj), indent=2, default=str)
+    return json.dumps(json_safe(obj), indent=2, default=str)
