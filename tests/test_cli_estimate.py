@@ -127,3 +127,10 @@ def test_validate_unknown_flag_checked_by_vllm_parser(models):
     out = json.loads(proc.stdout)
     assert proc.returncode == 2
     assert out["errors"][0]["code"] == "invalid_flag" and "--no-such-flag" in out["errors"][0]["message"]
+
+
+def test_public_api_is_importable():
+    import vtune
+
+    for name in vtune.__all__:
+        assert getattr(vtune, name) is not None
