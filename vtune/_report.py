@@ -41,6 +41,7 @@ def study_frame(study: optuna.Study) -> pd.DataFrame:
             "ttft_p99_ms": (res.get("ttft_ms") or {}).get("p99", math.nan),
             "itl_p90_ms": (res.get("itl_ms") or {}).get("p90", math.nan),
             "pruned_by": t.user_attrs.get("pruned_by") or "",
+            "reused": bool(t.user_attrs.get("reused_from")),
             "failure": (t.user_attrs.get("failure") or {}).get("kind") or "",
             "engine_start_s": tim.get("engine_start_s", math.nan),
             "load_s": tim.get("load_s", math.nan),
@@ -149,7 +150,9 @@ def write_report(name: str, *, storage_url: str, studies_dir: Path, configs_dir:
     launched = df[~df.engine_start_s.isna()] if not df.empty else df
     lines.append("\n## Summary\n")
     lines.append(f"- trials: {len(df)} ({', '.join(f'{v} {k.lower()}' for k, v in counts.items())})\n"
-                 f"- engine launches: {len(launched)}; launches saved by the memory model: {before}\n"
+                 f"- engine launches: {len(launched)}; launches saved by the memory model: {before}; trials answered "
+                 f"from two earlier measurements of the same config (no launch): "
+                 f"{int(df.reused.sum()) if not df.empty else 0}\n"
                  f"- trials stopped early by the pruner: {early} "
                  f"({df.gpu_seconds_saved.sum() if not df.empty else 0:.0f} GPU-seconds of load saved)\n")
     if not launched.empty:
