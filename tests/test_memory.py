@@ -24,7 +24,9 @@ from vtune._errors import VtuneError
 from vtune._memory import (
     GIB,
     Calibration,
+    Gpu,
     estimate_memory,
+    gpu_for_device,
     kv_capacity,
     pp_partition,
     resolve_gpu,
@@ -330,6 +332,8 @@ def test_gpu_catalog_and_errors():
     assert resolve_gpu("NVIDIA H100 80GB HBM3").name == "H100-80GB"
     assert resolve_gpu("nvidia a100-sxm4-40gb").name == "A100-40GB"
     assert resolve_gpu(None, 47.5).memory_gib == 47.5
+    assert gpu_for_device("NVIDIA H200", 139.8) == Gpu("H200", 139.8)
+    assert gpu_for_device("Some Future GPU", 12.0) == Gpu("Some Future GPU", 12.0)
     with pytest.raises(VtuneError, match="--gpu"):
         resolve_gpu("TPU-v9")
 

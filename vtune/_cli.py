@@ -50,7 +50,7 @@ def _add_gpu_flags(p: argparse.ArgumentParser) -> None:
 
 def _resolve_hardware(args: argparse.Namespace) -> tuple[Any, int | None]:
     """The GPU model and count: flags first, then the GPUs found here, then H100-80GB x 1."""
-    from vtune._memory import Gpu, resolve_gpu
+    from vtune._memory import gpu_for_device, resolve_gpu
 
     if args.num_gpus is not None and args.num_gpus < 1:
         raise VtuneError(f"--num-gpus must be >= 1, got {args.num_gpus}")
@@ -65,12 +65,7 @@ def _resolve_hardware(args: argparse.Namespace) -> tuple[Any, int | None]:
         except Exception:
             found = []
     if found:
-        gib = found[0].total_memory_bytes / (1 << 30)
-        try:
-            gpu = resolve_gpu(found[0].name)
-            gpu = Gpu(gpu.name, gib)
-        except VtuneError:
-            gpu = Gpu(found[0].name, gib)
+        gpu = gpu_for_device(found[0].name, found[0].total_memory_bytes / (1 << 30))
         return gpu, args.num_gpus or len(found)
     return resolve_gpu(None), args.num_gpus
 

@@ -48,6 +48,7 @@ __all__ = [
     "GpuConstants",
     "MemoryEstimate",
     "estimate_memory",
+    "gpu_for_device",
     "kv_capacity",
     "parameter_count",
     "resolve_gpu",
@@ -124,6 +125,12 @@ def resolve_gpu(name: str | None = None, memory_gib: float | None = None) -> Gpu
             f"--gpu {name}: unknown GPU; use one of {', '.join(GPU_CATALOG)} or give --gpu-memory-gib"
         )
     return Gpu(key, GPU_CATALOG[key])
+
+
+def gpu_for_device(name: str, memory_gib: float) -> Gpu:
+    """A GPU found on this machine: its catalog name when known, with the memory measured here."""
+    key = _match_gpu_name(name)
+    return Gpu(key or name, memory_gib)
 
 
 def _match_gpu_name(name: str) -> str | None:

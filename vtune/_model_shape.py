@@ -132,11 +132,6 @@ class ModelShape:
     architectures: tuple[str, ...] = field(default_factory=tuple)
 
     @property
-    def dtype_bytes(self) -> int:
-        """Bytes per element of the checkpoint dtype."""
-        return _DTYPE_BYTES.get(self.dtype, 2)
-
-    @property
     def is_hybrid(self) -> bool:
         """Whether sliding-window and full-attention layers are mixed."""
         return len(set(self.layer_kinds)) > 1

@@ -960,7 +960,7 @@ def cpu_trial_memory_gib(settings: StudySettings) -> float:
     else:
         kv = float(settings.base.env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_DEFAULT_KV_SPACE_GIB)
     try:
-        weights = parameter_count(_shape_for(settings.model)) * 4 / 2**30  # float32 at most
+        weights = parameter_count(load_model_shape(settings.model)) * 4 / 2**30  # float32 at most
     except Exception:
         weights = 0.0
     return kv + weights + CPU_TRIAL_OVERHEAD_GIB
@@ -1066,7 +1066,7 @@ def prepare_study(
     """
     url = storage_url or default_storage(settings.name, settings.studies_dir)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # vtune prints its own progress lines
-    shape = _shape_for(settings.model)
+    shape = load_model_shape(settings.model)
     study = open_study(settings, url, heartbeat_interval_s=heartbeat_interval_s, grace_period_s=grace_period_s)
     recovered = recover_stale_trials(study)
     enqueue_baselines(study, settings, shape)
@@ -1133,7 +1133,7 @@ def run_worker(
     settings.base = settings.base.replace(model=settings.model)
     study = optuna.load_study(study_name=name, storage=storage, sampler=_make_sampler(settings),
                               pruner=NoiseAwarePruner())
-    shape = _shape_for(settings.model)
+    shape = load_model_shape(settings.model)
     recovered = recover_stale_trials(study)
     budget = study.user_attrs.get("budget") or {}
     study_n = budget.get("n_trials")
@@ -1308,10 +1308,6 @@ def wait_for_running(study: optuna.Study, *, quiet: bool = False, poll_s: float 
         time.sleep(poll)
 
 
-def _shape_for(model: str) -> ModelShape:
-    return load_model_shape(model)
-
-
 def _best_text(study: optuna.Study, settings: StudySettings) -> str:
     best = best_trials(study)
     if not best:
@@ -1440,24 +1436,6 @@ def summarize(study: optuna.Study, settings: StudySettings, url: str, exported: 
         best_trial=best.number if best else None, best_values=list(best.values) if best else None,
         best_flags=best.user_attrs.get("flags") if best else None, exported=exported, recovered=recovered,
     )
-
-
-def trials_table(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial (for the report and ``--json``)."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        res = t.user_attrs.get("result") or {}
-        rows.append({
-            "number": t.number, "state": t.state.name, "baseline": t.user_attrs.get("baseline"),
-            "values": t.values, "feasible": is_feasible(t) if t.state == TrialState.COMPLETE else None,
-            "params": dict(t.params), "flags": t.user_attrs.get("flags"),
-            "pruned_by": t.user_attrs.get("pruned_by"), "reason": t.user_attrs.get("reason"),
-            "failure": (t.user_attrs.get("failure") or {}).get("kind"),
-            "output_tokens_per_second": res.get("output_tokens_per_second"),
-            "goodput_requests_per_second": res.get("goodput_requests_per_second"),
-            "timings": t.user_attrs.get("timings"),
-        })
-    return rows
 
 
 def json_safe(obj: Any) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vtune._errors import VtuneError
-from vtune._memory import GIB, Gpu, resolve_gpu
+from vtune._memory import GIB, Gpu, gpu_for_device
 from vtune._serve_config import ServeConfig
 
 __all__ = ["CPU_DEFAULT_KV_SPACE_GIB", "Target", "apply_engine_defaults", "resolve_model", "resolve_target"]
@@ -92,10 +92,7 @@ def resolve_target(gpus_spec: str | None = None, *, device: str | None = None) -
     chosen = select_gpus(gpus_spec, available=found)
     infos = [g for g in found if g.index in chosen]
     mem_gib = _torch_total_bytes(infos[0].index, infos[0].total_memory_bytes) / GIB
-    try:
-        gpu = Gpu(resolve_gpu(infos[0].name).name, mem_gib)
-    except VtuneError:
-        gpu = Gpu(infos[0].name, mem_gib)
+    gpu = gpu_for_device(infos[0].name, mem_gib)
     nvlink = None
     if len(chosen) > 1:
         links = [ln for ln in gpu_links() if ln.gpu_a in chosen and ln.gpu_b in chosen]
