@@ -34,6 +34,14 @@ Usage (CPU, built-in model)::
     python benchmarks/landscape.py --grid benchmarks/grids/cpu-tiny-chatbot.yaml \
         --out benchmarks/results/landscape-cpu.csv
 
+``--pack`` measures points at once on disjoint GPUs (CPU cores on the CPU engine),
+leased from :class:`vtune._scheduler.ResourcePool` like a study's packed trials:
+the points needing fewer units go first so that they pair up. ``--only NAME=VALUE``
+and ``--limit N`` restrict a run to some points (e.g. one point beside another job).
+``--import-study DB`` adds the completed trials of a vtune study measured under the
+same conditions (model, flags, load) whose configuration is a grid point, as
+measurements of that point (column ``source``): repeats at no launch.
+
 Runs from a checkout with ``PYTHONPATH`` too (no install needed; no dependency beyond vtune's).
 """
 
@@ -53,6 +61,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +83,11 @@ EXIT_INCOMPLETE = 3
 LEAD_COLUMNS: dict[str, str] = {
     "point_id": "the point: 'name=value' of every grid dimension joined by '&', in grid order",
     "repeat": "0 for the first measurement of a point, 1.. for the repeats",
+}
+#: Columns after every other, with their meaning.
+TAIL_COLUMNS: dict[str, str] = {
+    "source": "empty: measured by landscape.py; 'study:<db>#<trial>': a trial of a vtune study under the same "
+              "conditions, imported with --import-study (its step series holds goodput only)",
 }
 #: Columns after the dimension columns, with their meaning (times in seconds, latencies in ms).
 COLUMNS: dict[str, str] = {
@@ -462,6 +476,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs/landscape", help="where trial folders go (default runs/landscape)")
     p.add_argument("--gpus", help="GPUs to use (default: all found; none: the CPU engine)")
     p.add_argument("--startup-timeout-s", type=float, help="longest wait for an engine to start")
+    p.add_argument("--pack", action="store_true",
+                   help="measure points at once on disjoint GPUs (CPU cores on the CPU engine)")
+    p.add_argument("--only", action="append", default=[],
+                   help="measure only points with NAME=VALUE (repeatable; all must match)")
+    p.add_argument("--limit", type=int, help="measure at most this many points in this run")
+    p.add_argument("--import-study", metavar="DB",
+                   help="a vtune study's SQLite file: its completed trials measured under the same conditions "
+                        "whose configuration is a grid point become measurements of that point (no launch)")
     p.add_argument("--dry-run", action="store_true", help="print the points and what is left, measure nothing")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- fixed vLLM flags of every point")
     return p
@@ -533,14 +555,17 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     todo += [(p, c, r) for r in range(1, spec.repeats) for p, c in zip(points, configs, strict=True)
              if point_id(p) in repeat_ids]
 
-    columns = [*LEAD_COLUMNS, *spec.dimensions, *COLUMNS]
+    columns = [*LEAD_COLUMNS, *spec.dimensions, *COLUMNS, *TAIL_COLUMNS]
+    if csv_path.is_file() and csv_path.stat().st_size:
+        with csv_path.open(newline="") as f:
+            columns = next(csv.reader(f))  # an older table keeps its columns
     header = {
         "schema_version": SCHEMA_VERSION,
         "description": ("vtune landscape: every point of a grid of vLLM configurations measured by a real trial "
                         "(vtune._trial.run_trial); rows in the CSV beside this file, one per measurement"),
         "table": csv_path.name,
         "columns": {**LEAD_COLUMNS, **{d: f"grid dimension {d} (a value of grid.dimensions)" for d in spec.dimensions},
-                    **COLUMNS},
+                    **COLUMNS, **TAIL_COLUMNS},
         "grid": {"dimensions": spec.dimensions, "order": "first dimension outermost", "points": len(points),
                  "points_failing_validity_check": sum(not v for v in valid),
                  "space": grid_space(spec.dimensions).to_dict()},
@@ -575,11 +600,22 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     csv_path.parent.mkdir(parents=True, exist_ok=True)
 
     rows = read_rows(csv_path)
+    if args.import_study:
+        for row in import_study_rows(Path(args.import_study), points, configs, rows, workload, spec):
+            append_row(csv_path, columns, row)
+            rows.append(row)
+            print(f"imported {row['source']} as {row['point_id']} repeat {row['repeat']}", flush=True)
     done = {(r["point_id"], int(r["repeat"])) for r in rows}
-    left = [(p, c, r) for p, c, r in todo if (point_id(p), r) not in done]
+    only = dict(_only_filter(item, spec.dimensions) for item in args.only)
+    left = [(p, c, r) for p, c, r in todo if (point_id(p), r) not in done
+            and all(str(p[k]) == v for k, v in only.items())]
+    if args.pack:  # the smallest first, so that they pair up on the free units
+        left.sort(key=lambda item: item[1].num_gpus)
+    if args.limit is not None:
+        left = left[: max(0, args.limit)]
     print(f"landscape {csv_path.name}: {len(points)} points ({sum(not v for v in valid)} fail vLLM's validity "
           f"check), {len(repeat_ids)} x {spec.repeats} repeats; {len(todo) - len(left)} of {len(todo)} "
-          f"measurements done; {target.describe()}", flush=True)
+          f"measurements done or not asked for; {target.describe()}", flush=True)
     if args.dry_run:
         for p, c, r in left:
             print(f"  todo: {point_id(p)} repeat {r}: {c.to_flags_line()}")
@@ -587,19 +623,42 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     header["updated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     _write_header(header_path, header, rows)
 
+    lock = threading.Lock()
+    stop = threading.Event()
+
     def on_term(_sig: int, _frame: Any) -> None:
+        if not stop.is_set():
+            stop.set()
+            if args.pack:  # engines run in worker threads: stop their process groups from here
+                from vtune._server import _kill_live_groups
+
+                threading.Thread(target=_kill_live_groups, name="landscape-stop", daemon=True).start()
         raise _Stop()
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     totals = [float(r["total_s"]) for r in rows if r.get("total_s") and r.get("status") != "failed"]
-    gpus = list(target.gpus) if target.device == "gpu" else None
-    for i, (point, cfg, repeat) in enumerate(left):
+    pool = None
+    if args.pack:
+        from vtune._scheduler import ResourcePool
+
+        pool = ResourcePool(target)
+        for _p, c, _r in left:
+            problem = pool.check(c.num_gpus)
+            if problem:
+                raise VtuneError(f"--pack: {point_id(_p)} {problem}")
+
+    def measure(i: int, point: dict[str, Any], cfg: ServeConfig, repeat: int) -> str:
+        """One measurement; returns 'ok', 'stop' (not recorded: re-run) or 'skip'."""
         guess = _point_guess_s(totals, workload)
         spent = time.monotonic() - t0
+        if stop.is_set():
+            return "skip"
         if args.max_wall_s is not None and spent + guess > args.max_wall_s:
             print(f"stopping before --max-wall-s {args.max_wall_s:.0f}: {spent:.0f} s spent, a point takes about "
-                  f"{guess:.0f} s; {len(left) - i} measurements left: re-run the same command", flush=True)
-            return EXIT_INCOMPLETE
+                  f"{guess:.0f} s; re-run the same command for what is left", flush=True)
+            stop.set()
+            return "stop"
         startup_timeout = spec.startup_timeout_s
         capped = False
         if args.max_wall_s is not None:
@@ -609,31 +668,164 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         pid = point_id(point)
         slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", pid.replace("&", "_"))
         run_dir = runs_dir / csv_path.stem / f"{slug}-r{repeat}"
-        print(f"[{i + 1}/{len(left)}] {pid} repeat {repeat}: {cfg.to_flags_line()}", flush=True)
+        units = pool.acquire(cfg.num_gpus) if pool is not None else None
         try:
-            rec = run_trial(cfg, workload, run_dir, gpus=gpus[: cfg.num_gpus] if gpus else None,
+            if stop.is_set():
+                return "skip"
+            gpus = cores = None
+            if target.device == "gpu":
+                gpus = units if units is not None else list(target.gpus)[: cfg.num_gpus]
+            elif units is not None:
+                cores = units
+            where = f" on GPUs {gpus}" if gpus is not None and pool is not None else \
+                (f" on cores {cores}" if cores is not None else "")
+            print(f"[{i + 1}/{len(left)}] {pid} repeat {repeat}{where}: {cfg.to_flags_line()}", flush=True)
+            rec = run_trial(cfg, workload, run_dir, gpus=gpus, cpu_cores=cores,
                             duration_s=workload.duration_s, cache_dir=runs_dir / "cache",
                             startup_timeout_s=startup_timeout)
-        except (KeyboardInterrupt, _Stop):
-            print("interrupted: the engine was stopped; this measurement is not recorded", flush=True)
-            return EXIT_INCOMPLETE
+        finally:
+            if units is not None and pool is not None:
+                pool.release(units)
+        if stop.is_set():
+            return "stop"  # interrupted: its engine was stopped, nothing is recorded
         if rec.failure is not None and rec.failure.kind == "timeout" and capped:
-            print("  start timed out under the --max-wall-s cap; not recorded (re-run)", flush=True)
-            return EXIT_INCOMPLETE
+            print(f"  {pid} repeat {repeat}: start timed out under the --max-wall-s cap; not recorded (re-run)",
+                  flush=True)
+            return "stop"
         row = record_row(point, repeat, rec)
-        append_row(csv_path, columns, row)
-        rows.append(row)
-        if rec.status != "failed":
-            totals.append(rec.total_s)
+        with lock:
+            append_row(csv_path, columns, row)
+            rows.append(row)
+            if rec.status != "failed":
+                totals.append(rec.total_s)
+            header["updated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            _write_header(header_path, header, rows)
         res = rec.result
-        print(f"  {rec.status}{' ' + rec.failure.kind if rec.failure else ''}: "
+        print(f"  {pid} repeat {repeat}: {rec.status}{' ' + rec.failure.kind if rec.failure else ''}: "
               + (f"goodput {res.goodput_requests_per_second:.2f} req/s, {res.output_tokens_per_second:.0f} tok/s, "
                  f"TTFT p90 {res.ttft_ms.p90:.0f} ms, ITL p90 {res.itl_ms.p90:.1f} ms; " if res else "")
               + f"start {rec.engine_start_s or 0:.0f} s, trial {rec.total_s:.0f} s", flush=True)
-        header["updated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        _write_header(header_path, header, rows)
+        return "ok"
+
+    outcomes: list[str] = []
+    try:
+        if pool is None:
+            for i, (point, cfg, repeat) in enumerate(left):
+                outcomes.append(measure(i, point, cfg, repeat))
+                if outcomes[-1] == "stop":
+                    break
+        else:
+            # Worker threads ask the pool in submission order (FIFO): a point is never overtaken by a later one.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=pool.size, thread_name_prefix="point") as ex:
+                futures = []
+                for i, item in enumerate(left):
+                    futures.append(ex.submit(measure, i, *item))
+                    time.sleep(0.2)  # keeps the pool's arrival order equal to the grid order
+                outcomes = [f.result() for f in futures]
+    except (KeyboardInterrupt, _Stop):
+        stop.set()
+        print("interrupted: the engines were stopped; measurements under way are not recorded", flush=True)
+        return EXIT_INCOMPLETE
+    if "stop" in outcomes or "skip" in outcomes:
+        return EXIT_INCOMPLETE
+    if args.only or args.limit is not None:
+        print(f"done: {len(outcomes)} measurements asked for in {csv_path}", flush=True)
+        return 0
     print(f"complete: {len(todo)} measurements in {csv_path}", flush=True)
     return 0
+
+
+def _only_filter(item: str, dimensions: dict[str, list[Any]]) -> tuple[str, str]:
+    """``--only NAME=VALUE`` -> (NAME, VALUE) after checking both against the grid."""
+    name, eq, value = item.partition("=")
+    if not eq or name not in dimensions:
+        raise VtuneError(f"--only {item}: write NAME=VALUE with NAME one of {', '.join(dimensions)}")
+    if value not in {str(v) for v in dimensions[name]}:
+        raise VtuneError(f"--only {item}: {value!r} is not a value of {name} "
+                         f"({', '.join(str(v) for v in dimensions[name])})")
+    return name, value
+
+
+def import_study_rows(db: Path, points: list[dict[str, Any]], configs: list[ServeConfig],
+                      rows: list[dict[str, str]], workload: Any, spec: GridSpec) -> list[dict[str, str]]:
+    """Rows for the completed trials of a vtune study that measured grid points under this table's conditions.
+
+    A trial counts when its configuration equals a grid point's (every field but the model
+    folder's path), its study drove the same workload (name, streams, measured seconds and
+    steps), and it is not imported yet (``source``). Its repeat is the point's next free one.
+
+    Raises:
+        VtuneError: The file is not a vtune study.
+    """
+    import optuna
+
+    from vtune._logparse import StartupNumbers
+    from vtune._results import TrialResult
+    from vtune._trial import TrialRecord
+
+    if not db.is_file():
+        raise VtuneError(f"--import-study {db}: no such file; give a study's .db (studies/NAME.db)")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{db.resolve()}"
+    names = optuna.get_all_study_names(storage=url)
+    if len(names) != 1:
+        raise VtuneError(f"--import-study {db}: expected one study in it, found {names}")
+    study = optuna.load_study(study_name=names[0], storage=url)
+    settings = study.user_attrs.get("vtune") or {}
+    swl = settings.get("workload") or {}
+    same_load = (swl.get("name") == workload.name and (swl.get("load") or {}).get("streams") == workload.load.streams
+                 and float(settings.get("duration_s") or swl.get("duration_s") or 0) == float(workload.duration_s)
+                 and int(swl.get("steps") or 0) == int(workload.steps))
+    if not same_load:
+        print(f"--import-study {db}: its load differs from this table's (workload, streams, seconds, steps); "
+              "nothing imported", flush=True)
+        return []
+
+    def key(cfg: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in cfg.items() if k != "model"}, sort_keys=True, default=str)
+
+    by_key = {key(c.to_dict()): p for p, c in zip(points, configs, strict=True)}
+    seen = {r.get("source") for r in rows if r.get("source")}
+    used: dict[str, set[int]] = {}
+    for r in rows:
+        used.setdefault(r["point_id"], set()).add(int(r["repeat"]))
+    out: list[dict[str, str]] = []
+    for t in study.trials:
+        source = f"study:{db.name}#{t.number}"
+        a = t.user_attrs
+        if t.state != optuna.trial.TrialState.COMPLETE or not a.get("result") or a.get("reused_from") \
+                or source in seen or not isinstance(a.get("config"), dict):
+            continue
+        point = by_key.get(key(a["config"]))
+        if point is None:
+            continue
+        pid = point_id(point)
+        repeat = min(set(range(len(used.get(pid, ())) + 1)) - used.get(pid, set()))
+        used.setdefault(pid, set()).add(repeat)
+        timings = a.get("timings") or {}
+        result = TrialResult.from_dict(a["result"])
+        steps = [_with_goodput(result, v) for _, v in sorted(t.intermediate_values.items())]
+        rec = TrialRecord(config=a["config"], flags_line=a.get("flags", ""), status=a.get("status", "ok"),
+                          startup=StartupNumbers.from_dict(a["startup"]) if a.get("startup") else None,
+                          result=result, step_results=steps, metrics=a.get("metrics") or {},
+                          engine_start_s=timings.get("engine_start_s"), load_s=timings.get("load_s"),
+                          teardown_s=timings.get("teardown_s"), total_s=timings.get("total_s", 0.0),
+                          run_dir=a.get("run_dir", ""))
+        row = record_row(point, repeat, rec)
+        row["step_output_tok_s"] = row["step_requests_per_s"] = ""  # the study keeps goodput per step only
+        row["measured_at"] = t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else ""
+        row["source"] = source
+        out.append(row)
+    return out
+
+
+def _with_goodput(result: Any, goodput: float) -> Any:
+    """``result`` with another goodput (a step's cumulative value from a study's intermediate values)."""
+    import dataclasses
+
+    return dataclasses.replace(result, goodput_requests_per_second=float(goodput))
 
 
 def _point_guess_s(totals: list[float], workload: Any) -> float:

@@ -46,9 +46,7 @@ CASES: dict[str, tuple[str, list[str]]] = {
     "32b-tp2": ("qwen2.5-32b", [*BASE, "--tensor-parallel-size", "2"]),
     "8b-tp2": ("llama-8b", [*BASE, "--tensor-parallel-size", "2"]),
 }
-# Cases pinned to GPUs (run beside a study using GPUs 0,1): "<case>-g<digits>".
-CASES.update({f"{k}-g23": v for k, v in CASES.items() if "tp2" in k})
-CASES.update({f"{k}-g2": v for k, v in list(CASES.items()) if "tp2" not in k and not k.endswith("g23")})
+# A case pinned to GPUs (to run beside other work) is written "<case>-g<digits>", e.g. mla-default-g1.
 OUT = Path(os.environ.get("OUT", "/tmp/out"))
 WORK = Path("/tmp/vtune-gpu")
 
@@ -75,13 +73,14 @@ def smi_used() -> list[int]:
 
 
 def run_case(case: str, timeout_s: float) -> dict:
-    shape, flags = CASES[case]
+    base, _, pin = case.rpartition("-g")
+    pinned = pin if base in CASES and pin.isdigit() else None
+    shape, flags = CASES[base if pinned else case]
     model = make_model(shape)
     port = free_port()
     log = WORK / "logs" / f"{case}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, VLLM_CACHE_ROOT=str(WORK / "cache"), HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
-    pinned = case.rsplit("-g", 1)[1] if "-g" in case and case.rsplit("-g", 1)[1].isdigit() else None
     if pinned:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(pinned)
     cmd = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", str(model), "--load-format", "dummy",
