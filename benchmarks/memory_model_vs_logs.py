@@ -1,6 +1,6 @@
 """The memory model against every real GPU engine start kept in the repo.
 
-For each start (``benchmarks/results/gpu-logs/``: the H100 starts of
+For each start (``benchmarks/results/gpu-logs/``: the H100 and H200 starts of
 ``benchmarks/gpu/measure_memory.py`` and the 2 x H200 study's trials) it parses the
 log, predicts the same configuration with the memory model, before calibration
 and after calibrating on the first start of the same model shape and GPU, and
@@ -40,11 +40,11 @@ def starts() -> list[dict]:
     import measure_memory as mm
 
     out = []
-    for log in sorted(LOGS.glob("h100-vllm0.26-*.log")):
-        case = log.stem.removeprefix("h100-vllm0.26-")
-        shape_name, flags = mm.CASES[case]
-        out.append({"log": log.name, "gpu": "H100-80GB", "shape": shape_name, "config": mm.SHAPES[shape_name],
-                    "flags": flags})
+    for prefix, gpu in (("h100-vllm0.26-", "H100-80GB"), ("h200-vllm0.26-", "H200")):
+        for log in sorted(LOGS.glob(f"{prefix}*.log")):
+            shape_name, flags = mm.CASES[log.stem.removeprefix(prefix)]
+            out.append({"log": log.name, "gpu": gpu, "shape": shape_name, "config": mm.SHAPES[shape_name],
+                        "flags": flags})
     trials = json.loads((ROOT / "benchmarks" / "results" / "gpu-study-2xh200" / "trials.json").read_text())["trials"]
     for t in trials:
         flags = t["flags"].split(" ", 3)[3].split() if t.get("flags") else []
@@ -70,24 +70,31 @@ def main() -> None:
         after = estimate_memory(shape, cfg, gpu, calibration=cal) if cal else None
         # Fold this start into the calibration used for the next starts of the same shape and GPU.
         cals[key] = (cal or Calibration()).observe(after or before, obs.to_dict())
+        # The first start of a shape has no earlier one: calibrate on itself (a check that the KV
+        # sizing is exact once the measured terms are known, not a prediction).
+        self_cal = estimate_memory(shape, cfg, gpu, calibration=cals[key]) if cal is None else None
         row = {"log": s["log"], "gpu": s["gpu"], "shape": s["shape"], "flags": " ".join(s["flags"]),
                "observed": {k: getattr(obs, k) for k in TERMS},
                "before": {k: getattr(before, k) for k in TERMS},
                "after": {k: getattr(after, k) for k in TERMS} if after else None,
                "kv_tokens_error_before": before.kv_cache_tokens / obs.kv_cache_tokens - 1,
-               "kv_tokens_error_after": (after.kv_cache_tokens / obs.kv_cache_tokens - 1) if after else None}
+               "kv_tokens_error_after": (after.kv_cache_tokens / obs.kv_cache_tokens - 1) if after else None,
+               "kv_tokens_error_self_calibrated": (self_cal.kv_cache_tokens / obs.kv_cache_tokens - 1)
+               if self_cal else None}
         rows.append(row)
     OUT.with_suffix(".json").write_text(json.dumps({
         "schema_version": 1,
         "description": "memory model vs real vLLM 0.26 starts; 'before': uncalibrated prediction, 'after': "
-                       "calibrated on the earlier starts of the same shape and GPU (None for the first); "
+                       "calibrated on the earlier starts of the same shape and GPU (None for the first, whose "
+                       "'kv_tokens_error_self_calibrated' calibrates on itself: a check, not a prediction); "
                        "errors are predicted/observed - 1",
         "command": "python benchmarks/memory_model_vs_logs.py",
         "starts": rows}, indent=1, default=str))
     lines = ["# Memory model vs real vLLM 0.26 engine starts\n\n",
              "`python benchmarks/memory_model_vs_logs.py` (logs in `benchmarks/results/gpu-logs/`). GiB per GPU; "
              "pred/obs; KV tokens error before calibration and after calibrating on the earlier starts of the same "
-             "shape and GPU.\n\n",
+             "shape and GPU; \"(self)\": the first start of a shape and GPU calibrated on itself (a check of the KV "
+             "sizing given the measured terms, not a prediction).\n\n",
              "| start | GPU | weights | activation | non-torch | CUDA graph | KV GiB | KV tokens | max conc | "
              "err before | err after |\n|---|---|---|---|---|---|---|---|---|---|---|\n"]
     for r in rows:
@@ -101,6 +108,8 @@ def main() -> None:
             return fmt.format(b[k]) + "/" + ("-" if ov is None else fmt.format(ov))
 
         after = "" if r["kv_tokens_error_after"] is None else f"{100 * r['kv_tokens_error_after']:+.2f}%"
+        if r["kv_tokens_error_self_calibrated"] is not None:
+            after = f"({100 * r['kv_tokens_error_self_calibrated']:+.2f}% self)"
         lines.append(
             f"| {r['log'].removesuffix('.log')} | {r['gpu']} | {pair('weights_gib')} | {pair('activation_peak_gib')} | "
             f"{pair('non_torch_gib')} | {pair('cudagraph_gib')} | {pair('kv_cache_gib')} | "
@@ -108,9 +117,12 @@ def main() -> None:
             f"{100 * r['kv_tokens_error_before']:+.2f}% | {after} |\n")
     errs_b = [abs(r["kv_tokens_error_before"]) for r in rows if "observed" in r]
     errs_a = [abs(r["kv_tokens_error_after"]) for r in rows if r.get("kv_tokens_error_after") is not None]
+    errs_s = [abs(r["kv_tokens_error_self_calibrated"]) for r in rows
+              if r.get("kv_tokens_error_self_calibrated") is not None]
     lines.append(f"\nKV tokens, |error| before calibration: max {100 * max(errs_b):.2f}%, median "
                  f"{100 * sorted(errs_b)[len(errs_b) // 2]:.2f}% over {len(errs_b)} starts; after: max "
-                 f"{100 * max(errs_a):.2f}% over {len(errs_a)} starts.\n")
+                 f"{100 * max(errs_a):.2f}% over {len(errs_a)} starts; self-calibrated first starts: max "
+                 f"{100 * max(errs_s):.2f}% over {len(errs_s)}.\n")
     OUT.with_suffix(".md").write_text("".join(lines))
     print("".join(lines))
 

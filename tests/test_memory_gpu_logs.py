@@ -76,3 +76,44 @@ def test_h200_study_starts_within_half_a_percent(trial):
     assert e.weights_gib == pytest.approx(obs.weights_gib, abs=0.05)
     assert e.non_torch_gib == pytest.approx(obs.non_torch_gib, abs=0.02)
     assert e.kv_cache_tokens == pytest.approx(obs.kv_cache_tokens, rel=0.005)
+
+
+QWEN2_5_32B = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 5120,
+    "intermediate_size": 27648, "num_hidden_layers": 64, "num_attention_heads": 40,
+    "num_key_value_heads": 8, "vocab_size": 152064, "max_position_embeddings": 32768,
+    "torch_dtype": "bfloat16", "tie_word_embeddings": False, "use_sliding_window": False,
+}
+
+
+@pytest.mark.parametrize(("log", "arch", "kw", "rel"), [
+    # 30B+ dense at TP=2 on two H200s
+    ("h200-vllm0.26-32b-tp2", QWEN2_5_32B, {"tensor_parallel_size": 2}, 0.005),
+    # MLA + MoE (DeepSeek-V2-Lite) on one H200: runs the V2 model runner, so no graph reservation
+    ("h200-vllm0.26-mla-default", None, {}, 0.02),
+])
+def test_h200_large_dense_and_mla_starts(log, arch, kw, rel):
+    from shapes import DEEPSEEK_V2_LITE
+
+    from vtune._memory import Gpu, uses_v1_model_runner
+
+    shape = shape_from_config(arch or DEEPSEEK_V2_LITE)
+    cfg = ServeConfig(max_model_len=8192, gpu_memory_utilization=0.9, **kw)
+    obs = parse_startup_log((LOGS / f"{log}.log").read_text())
+    e = estimate_memory(shape, cfg, Gpu("H200", 139.80))
+    assert e.weights_gib == pytest.approx(obs.weights_gib, rel=0.01)
+    assert e.kv_cache_tokens == pytest.approx(obs.kv_cache_tokens, rel=rel)
+    assert not uses_v1_model_runner(shape)  # both logs say "Using V2 Model Runner"
+    cal = Calibration().observe(e, obs.to_dict())
+    assert estimate_memory(shape, cfg, Gpu("H200", 139.80), calibration=cal).kv_cache_tokens == pytest.approx(
+        obs.kv_cache_tokens, rel=0.001)
+
+
+def test_model_runner_follows_vllm_rule():
+    from shapes import DEEPSEEK_V2_LITE
+
+    from vtune._memory import uses_v1_model_runner
+
+    assert uses_v1_model_runner(shape_from_config(QWEN3_30B_A3B))  # MoE outside vLLM's V2 list
+    assert not uses_v1_model_runner(shape_from_config(DEEPSEEK_V2_LITE))
+    assert not uses_v1_model_runner(shape_from_config(LLAMA_8B))

@@ -189,8 +189,9 @@ class GpuConstants:
             for the 30B-A3B shape).
         cudagraph_reserved_fraction: Part of the CUDA-graph memory taken out of
             the KV cache before it is sized. vLLM 0.26 subtracts its profiled
-            estimate only in the V1 model runner, which it uses for MoE and
-            hybrid models (the estimate was 0.64 GiB against 0.80 actual: 0.8);
+            estimate only in the V1 model runner, which it uses for hybrid
+            models and most MoE ones (:func:`uses_v1_model_runner`; the
+            estimate was 0.64 GiB against 0.80 actual: 0.8);
             dense models run the V2 model runner, which reserves nothing
             (KV = requested - weights - activation - non-torch to 0.01 GiB on
             all four dense starts). Calibration learns it from each start.
@@ -582,13 +583,26 @@ def _qkv_width(shape: ModelShape, tp: int) -> float:
     return _q_width(shape, tp) + 2 * max(1, shape.num_kv_heads // tp) * shape.head_dim
 
 
-def uses_v1_model_runner(shape: ModelShape) -> bool:
-    """vLLM 0.26 runs MoE and hybrid models on the V1 model runner, dense ones on V2.
+#: MoE architectures that vLLM 0.26 runs on the V2 model runner all the same
+#: (``vllm/config/vllm.py`` ``DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES``).
+V2_RUNNER_MOE_ARCHITECTURES = frozenset({
+    "DeepseekV2ForCausalLM", "GraniteMoeForCausalLM", "InklingForCausalLM", "InklingForConditionalGeneration",
+    "LongcatFlashNgramForCausalLM", "Qwen2MoeForCausalLM",
+})
 
-    (``VllmConfig._is_default_v2_model_runner_model``.) Only the V1 runner takes
-    its CUDA-graph memory estimate out of the KV cache.
+
+def uses_v1_model_runner(shape: ModelShape) -> bool:
+    """Whether vLLM 0.26 runs the model on the V1 model runner (else V2).
+
+    Hybrid models and MoE models outside :data:`V2_RUNNER_MOE_ARCHITECTURES` run
+    V1 (``VllmConfig._is_default_v2_model_runner_model``); seen in the logs: the
+    Qwen3-30B-A3B start has no "Using V2 Model Runner" line, the DeepSeek-V2-Lite
+    one has. Only the V1 runner takes its CUDA-graph memory estimate out of the
+    KV cache.
     """
-    return shape.moe is not None or shape.is_hybrid
+    if shape.is_hybrid:
+        return True
+    return shape.moe is not None and not set(shape.architectures) & V2_RUNNER_MOE_ARCHITECTURES
 
 
 def _gpu_terms(

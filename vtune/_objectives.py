@@ -121,9 +121,26 @@ def config_groups(trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
     for t in trials:
         if t.user_attrs.get("reused_from"):
             continue
-        key = t.user_attrs.get("flags") or repr(sorted(t.params.items()))
-        groups.setdefault(key, []).append(t)
+        groups.setdefault(config_key(t), []).append(t)
     return groups
+
+
+def config_key(trial: FrozenTrial) -> str:
+    """What makes two trials the same configuration: their flags line (else their parameters)."""
+    return trial.user_attrs.get("flags") or repr(sorted(trial.params.items()))
+
+
+def config_measurements(trials: list[FrozenTrial], trial: FrozenTrial) -> list[FrozenTrial]:
+    """The completed, measured trials of ``trial``'s configuration (it included), in trial order."""
+    done = [t for t in trials if t.values is not None and t.user_attrs.get("result")
+            and not t.user_attrs.get("reused_from")]
+    return config_groups(done).get(config_key(trial)) or [trial]
+
+
+def mean_result(group: list[FrozenTrial], metric: str) -> float | None:
+    """Mean of one result metric (e.g. ``goodput_requests_per_second``) over a configuration's measurements."""
+    vals = [float(v) for t in group if (v := (t.user_attrs.get("result") or {}).get(metric)) is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def measured_noise(trials: list[FrozenTrial], remeasurements: dict[str, list[float]] | None = None) -> float | None:

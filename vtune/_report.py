@@ -17,7 +17,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from vtune._objectives import is_feasible
+from vtune._objectives import config_measurements, is_feasible, mean_result
 from vtune._study import best_trials, load_settings, make_storage, pick_trial
 
 __all__ = ["study_frame", "write_report"]
@@ -169,8 +169,17 @@ def write_report(name: str, *, storage_url: str, studies_dir: Path, configs_dir:
                          f"{100 * err.abs().median():.2f}%, max {100 * err.abs().max():.2f}%\n")
     if best is not None:
         lines.append("\n## Best configuration\n")
-        lines.append(f"Trial {best.number}: " + ", ".join(f"{n} = {v:.3f}" for n, v in zip(names, best.values,
-                                                                                          strict=False)) + "\n\n")
+        group = config_measurements(study.get_trials(deepcopy=False), best)
+        if len(group) > 1:  # ranked by the mean of its measurements: say so, with their spread
+            lines.append(f"Trial {best.number}, a configuration measured {len(group)} times (trials "
+                         f"{', '.join(str(t.number) for t in group)}): " + ", ".join(
+                             f"{n} = {sum(float(t.values[i]) for t in group) / len(group):.3f} mean "
+                             f"({min(float(t.values[i]) for t in group):.3f} to "
+                             f"{max(float(t.values[i]) for t in group):.3f})"
+                             for i, n in enumerate(names[: len(best.values)])) + "\n\n")
+        else:
+            lines.append(f"Trial {best.number}: " + ", ".join(f"{n} = {v:.3f}" for n, v in zip(
+                names, best.values, strict=False)) + "\n\n")
         lines.append(f"```\n{best.user_attrs.get('flags')}\n```\n")
         lines.append(f"Exported as `{configs_dir / name}.yaml` (for `vllm serve --config`), `.flags` and `.env`.\n")
         lines.append(_baselines_section(study, best, settings))
@@ -193,23 +202,28 @@ def write_report(name: str, *, storage_url: str, studies_dir: Path, configs_dir:
 
 
 def _baselines_section(study: optuna.Study, best: FrozenTrial, settings: Any) -> str:
+    """Baselines against the best, each side as the mean over its configuration's measurements."""
     rows = []
-    best_res = best.user_attrs.get("result") or {}
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    tuned = config_measurements(trials, best)
+    best_g, best_tp = (mean_result(tuned, "goodput_requests_per_second"),
+                       mean_result(tuned, "output_tokens_per_second"))
+    for t in trials:
         name = t.user_attrs.get("baseline")
         if not name or name.startswith("enqueued"):
             continue
-        res = t.user_attrs.get("result") or {}
-        g, tp = res.get("goodput_requests_per_second"), res.get("output_tokens_per_second")
+        same = config_measurements(trials, t) if t.user_attrs.get("result") else [t]
+        g, tp = mean_result(same, "goodput_requests_per_second"), mean_result(same, "output_tokens_per_second")
         state = t.state.name.lower() if t.state != TrialState.COMPLETE else "measured"
         if t.user_attrs.get("pruned_by"):
             state = f"pruned ({t.user_attrs['pruned_by']})"
         if (t.user_attrs.get("failure") or {}).get("kind"):
             state = f"failed ({t.user_attrs['failure']['kind']})"
         rows.append({
-            "baseline": name, "trial": t.number, "state": state,
+            "baseline": name, "trial": t.number, "measurements": len(same), "state": state,
             "goodput rps": g if g is not None else math.nan, "throughput tok/s": tp if tp is not None else math.nan,
-            "tuned/baseline goodput": (best_res.get("goodput_requests_per_second", math.nan) / g) if g else math.nan,
-            "tuned/baseline throughput": (best_res.get("output_tokens_per_second", math.nan) / tp) if tp else math.nan,
+            "tuned/baseline goodput": (best_g / g) if g and best_g is not None else math.nan,
+            "tuned/baseline throughput": (best_tp / tp) if tp and best_tp is not None else math.nan,
         })
-    return "\n### Tuned vs baselines\n\n" + _md(pd.DataFrame(rows))
+    return (f"\n### Tuned vs baselines\n\nEach side is the mean over its configuration's measurements "
+            f"(tuned: {len(tuned)}).\n\n" + _md(pd.DataFrame(rows)))

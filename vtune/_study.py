@@ -68,6 +68,7 @@ from vtune._objectives import (
     NoiseAwarePruner,
     Objective,
     config_groups,
+    config_measurements,
     is_feasible,
     objective_summary,
     slo_constraints,
@@ -1313,7 +1314,16 @@ def _best_text(study: optuna.Study, settings: StudySettings) -> str:
     if not best:
         return ""
     t = best[0]
-    return f"{objective_summary(settings.objectives, t.values)} (trial {t.number})"
+    group = config_measurements(study.get_trials(deepcopy=False), t)
+    if len(group) == 1:
+        return f"{objective_summary(settings.objectives, t.values)} (trial {t.number})"
+    return (f"{objective_summary(settings.objectives, mean_values(group))} (mean of trials "
+            f"{', '.join(str(g.number) for g in group)})")
+
+
+def mean_values(group: list[FrozenTrial]) -> list[float]:
+    """Objective values averaged over a configuration's measurements."""
+    return [sum(float(t.values[i]) for t in group) / len(group) for i in range(len(group[0].values))]
 
 
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -1433,7 +1443,8 @@ def summarize(study: optuna.Study, settings: StudySettings, url: str, exported: 
         finished_trials=count_done(study), launches=len(launches), pruned_before_launch=len(pruned_before),
         stopped_early=len(early), failed=len(failed),
         gpu_seconds_saved=sum(float(t.user_attrs.get("gpu_seconds_saved", 0.0)) for t in early),
-        best_trial=best.number if best else None, best_values=list(best.values) if best else None,
+        best_trial=best.number if best else None,
+        best_values=mean_values(config_measurements(trials, best)) if best else None,
         best_flags=best.user_attrs.get("flags") if best else None, exported=exported, recovered=recovered,
     )
 
