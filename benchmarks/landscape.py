@@ -815,7 +815,8 @@ def import_study_rows(db: Path, points: list[dict[str, Any]], configs: list[Serv
                           run_dir=a.get("run_dir", ""))
         row = record_row(point, repeat, rec)
         row["step_output_tok_s"] = row["step_requests_per_s"] = ""  # the study keeps goodput per step only
-        row["measured_at"] = t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else ""
+        row["measured_at"] = (t.datetime_complete.astimezone(dt.UTC).isoformat(timespec="seconds")
+                              if t.datetime_complete else "")  # Optuna keeps local time
         row["source"] = source
         out.append(row)
     return out
