@@ -358,7 +358,7 @@ def _memory_guess(settings: StudySettings, shape: ModelShape, base: ServeConfig)
     concurrent streams at its request length (in all replicas) are preferred, and
     of those the one with the most data-parallel replicas: tensor parallelism
     only buys KV room and latency with communication, and once the room is there
-    more replicas serve more (measured: DP=2 served 2-2.8x the tokens of TP=2 for
+    more replicas serve more (measured: DP=2 served 1.7-2.8x the tokens of TP=2 for
     an 8B shape on two H200s; ``validate`` warns about TP on such models). When
     none holds them (or the load has no stream count), the layout whose KV cache
     holds the most requests in all.
