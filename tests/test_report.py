@@ -16,6 +16,8 @@ def test_best_configuration_and_baselines_count_every_measurement(tmp_path: Path
     path = write_report("gpu-8b-chatbot", storage_url=f"sqlite:///{db}", studies_dir=tmp_path,
                         configs_dir=tmp_path / "configs")
     text = path.read_text()
+    assert (path.parent / "history.png").stat().st_size and (path.parent / "importances.png").stat().st_size
+    assert "![history.png](history.png)" in text
     # DP=2 / 1024 / 8192 / 0.85 was measured twice (177.9 and 107.4 req/s): it is shown by its mean
     assert "measured 2 times (trials 5, 6): goodput = 142.642 mean (107.370 to 177.915)" in text
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]

@@ -18,7 +18,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from vtune._objectives import config_measurements, is_feasible, mean_result
-from vtune._study import best_trials, load_settings, make_storage, pick_trial
+from vtune._study import best_trials, load_settings, make_storage, mean_values, pick_trial
 
 __all__ = ["study_frame", "write_report"]
 
@@ -72,6 +72,16 @@ def _md(df: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(fig: Any, path: Path) -> str:
+    """Lays out, writes and closes a figure; returns its file name."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path.name
+
+
 def _plots(study: optuna.Study, df: pd.DataFrame, out: Path, names: list[str]) -> list[str]:
     import matplotlib
 
@@ -92,10 +102,7 @@ def _plots(study: optuna.Study, df: pd.DataFrame, out: Path, names: list[str]) -
         ax.set_xlabel("trial (gray: pruned)")
         ax.set_ylabel(names[0])
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "history.png", dpi=100)
-        plt.close(fig)
-        made.append("history.png")
+        made.append(_save(fig, out / "history.png"))
     if len(study.directions) == 2 and not done.empty:
         front = {t.number for t in best_trials(study)}
         trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
@@ -106,10 +113,7 @@ def _plots(study: optuna.Study, df: pd.DataFrame, out: Path, names: list[str]) -
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "pareto.png", dpi=100)
-        plt.close(fig)
-        made.append("pareto.png")
+        made.append(_save(fig, out / "pareto.png"))
     try:
         if len(study.directions) == 1 and len(done) >= 3:
             imp = optuna.importance.get_param_importances(study)
@@ -117,10 +121,7 @@ def _plots(study: optuna.Study, df: pd.DataFrame, out: Path, names: list[str]) -
                 fig, ax = plt.subplots(figsize=(6, 3))
                 ax.barh(list(imp)[::-1], list(imp.values())[::-1], color="tab:green")
                 ax.set_xlabel("importance (fANOVA)")
-                fig.tight_layout()
-                fig.savefig(out / "importances.png", dpi=100)
-                plt.close(fig)
-                made.append("importances.png")
+                made.append(_save(fig, out / "importances.png"))
     except Exception:  # importances need variation in the params: skip when there is none
         pass
     return made
@@ -173,16 +174,15 @@ def write_report(name: str, *, storage_url: str, studies_dir: Path, configs_dir:
         if len(group) > 1:  # ranked by the mean of its measurements: say so, with their spread
             lines.append(f"Trial {best.number}, a configuration measured {len(group)} times (trials "
                          f"{', '.join(str(t.number) for t in group)}): " + ", ".join(
-                             f"{n} = {sum(float(t.values[i]) for t in group) / len(group):.3f} mean "
-                             f"({min(float(t.values[i]) for t in group):.3f} to "
+                             f"{n} = {m:.3f} mean ({min(float(t.values[i]) for t in group):.3f} to "
                              f"{max(float(t.values[i]) for t in group):.3f})"
-                             for i, n in enumerate(names[: len(best.values)])) + "\n\n")
+                             for i, (n, m) in enumerate(zip(names, mean_values(group), strict=False))) + "\n\n")
         else:
             lines.append(f"Trial {best.number}: " + ", ".join(f"{n} = {v:.3f}" for n, v in zip(
                 names, best.values, strict=False)) + "\n\n")
         lines.append(f"```\n{best.user_attrs.get('flags')}\n```\n")
         lines.append(f"Exported as `{configs_dir / name}.yaml` (for `vllm serve --config`), `.flags` and `.env`.\n")
-        lines.append(_baselines_section(study, best, settings))
+        lines.append(_baselines_section(study, group))
     rem = study.user_attrs.get("remeasurements") or {}
     if rem:
         lines.append("\n## Re-measurements of the best configurations (noise)\n")
@@ -201,11 +201,10 @@ def write_report(name: str, *, storage_url: str, studies_dir: Path, configs_dir:
     return path
 
 
-def _baselines_section(study: optuna.Study, best: FrozenTrial, settings: Any) -> str:
-    """Baselines against the best, each side as the mean over its configuration's measurements."""
+def _baselines_section(study: optuna.Study, tuned: list[FrozenTrial]) -> str:
+    """Baselines against the best configuration's measurements (``tuned``), each side as its mean."""
     rows = []
     trials = study.get_trials(deepcopy=False)
-    tuned = config_measurements(trials, best)
     best_g, best_tp = (mean_result(tuned, "goodput_requests_per_second"),
                        mean_result(tuned, "output_tokens_per_second"))
     for t in trials:
