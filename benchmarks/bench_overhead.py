@@ -59,9 +59,9 @@ def real_study(workdir: Path, trials: int, duration_s: float) -> list[dict[str, 
 def fake_study(workdir: Path, trials: int) -> float:
     """Seconds per trial of the study loop itself (no engine, no load)."""
     from vtune._cli import _settings_from_args, build_parser
-    from vtune._logparse import StartupNumbers
-    from vtune._results import Percentiles, TrialResult
-    from vtune._study import run_study
+    from vtune.engines._logparse import StartupNumbers
+    from vtune.loads._results import Percentiles, TrialResult
+    from vtune.study._study import run_study
     from vtune._trial import TrialRecord
 
     def fake_trial(cfg, workload, run_dir, **kw):

@@ -35,7 +35,7 @@ Usage (CPU, built-in model)::
         --out benchmarks/results/landscape-cpu.csv
 
 ``--pack`` measures points at once on disjoint GPUs (CPU cores on the CPU engine),
-leased from :class:`vtune._scheduler.ResourcePool` like a study's packed trials:
+leased from :class:`vtune.study._scheduler.ResourcePool` like a study's packed trials:
 the points needing fewer units go first so that they pair up. ``--only NAME=VALUE``
 and ``--limit N`` restrict a run to some points (e.g. one point beside another job).
 ``--import-study DB`` adds the completed trials of a vtune study measured under the
@@ -93,7 +93,7 @@ TAIL_COLUMNS: dict[str, str] = {
 COLUMNS: dict[str, str] = {
     "flags": "the configuration as one shell line (environment settings first), as `vtune bench` prints it",
     "status": "ok (every load step measured), stopped_early, or failed (the engine did not start or died)",
-    "failure_kind": "the classified failure (vtune._logparse.FAILURE_KINDS) when status is failed, else empty",
+    "failure_kind": "the classified failure (vtune.engines._logparse.FAILURE_KINDS) when status is failed, else empty",
     "failure_message": "one line: what failed and what to change (empty if none)",
     "exit_code": "the engine's exit code when it failed (empty if none)",
     "engine_start_s": "launch to /health answering 200 (for a failed start: launch to the failure)",
@@ -120,7 +120,7 @@ COLUMNS: dict[str, str] = {
     "step_requests_per_s": "JSON list: cumulative requests/s after each step",
     "kv_cache_usage_max": "highest KV cache usage fraction /metrics showed during the load",
     "preemptions": "preemptions during the load (from /metrics)",
-    "startup": "JSON object: the numbers the engine's startup log reported (vtune._logparse.StartupNumbers, "
+    "startup": "JSON object: the numbers the engine's startup log reported (vtune.engines._logparse.StartupNumbers, "
                "without the evidence lines): KV cache tokens, memory terms, model load time, vLLM version",
     "measured_at": "UTC time the trial finished (ISO 8601)",
     "run_dir": "the trial's folder on the machine that measured it (engine log, GuideLLM reports, trial.json)",
@@ -383,7 +383,7 @@ def model_facts(model_dir: Path, spec_model: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------- rows
 def _j(value: Any) -> str:
-    from vtune._study import json_safe
+    from vtune.study._study import json_safe
 
     return json.dumps(json_safe(value), separators=(",", ":"))
 
@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses
 
-    from vtune._study import config_problem
+    from vtune.study._study import config_problem
     from vtune._target import apply_engine_defaults, resolve_target
     from vtune._trial import run_trial
     from vtune._workload import load_workload
@@ -630,7 +630,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         if not stop.is_set():
             stop.set()
             if args.pack:  # engines run in worker threads: stop their process groups from here
-                from vtune._server import _kill_live_groups
+                from vtune.engines._vllm import _kill_live_groups
 
                 threading.Thread(target=_kill_live_groups, name="landscape-stop", daemon=True).start()
         raise _Stop()
@@ -640,7 +640,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     totals = [float(r["total_s"]) for r in rows if r.get("total_s") and r.get("status") != "failed"]
     pool = None
     if args.pack:
-        from vtune._scheduler import ResourcePool
+        from vtune.study._scheduler import ResourcePool
 
         pool = ResourcePool(target)
         for _p, c, _r in left:
@@ -761,8 +761,8 @@ def import_study_rows(db: Path, points: list[dict[str, Any]], configs: list[Serv
     """
     import optuna
 
-    from vtune._logparse import StartupNumbers
-    from vtune._results import TrialResult
+    from vtune.engines._logparse import StartupNumbers
+    from vtune.loads._results import TrialResult
     from vtune._trial import TrialRecord
 
     if not db.is_file():

@@ -77,15 +77,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (str(ROOT), str(ROOT / "benchmarks")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if str(ROOT) not in sys.path:  # run as a script: the repository root holds vtune and benchmarks
+    sys.path.insert(0, str(ROOT))
 
-from landscape import grid_space  # noqa: E402
+from benchmarks.landscape import grid_space  # noqa: E402
 
 from vtune._errors import VtuneError  # noqa: E402
-from vtune._logparse import Failure, StartupNumbers  # noqa: E402
-from vtune._results import Percentiles, TrialResult  # noqa: E402
+from vtune.engines._logparse import Failure, StartupNumbers  # noqa: E402
+from vtune.loads._results import Percentiles, TrialResult  # noqa: E402
 from vtune._serve_config import ServeConfig  # noqa: E402
 from vtune._space import layout_name  # noqa: E402
 from vtune._trial import TrialRecord  # noqa: E402
@@ -377,7 +376,7 @@ class Lookup:
         return rec
 
     def __call__(self, cfg: ServeConfig, workload: Any, run_dir: Path, **kw: Any) -> TrialRecord:
-        """The ``trial_fn`` of :func:`vtune._study.run_study`."""
+        """The ``trial_fn`` of :func:`vtune.study._study.run_study`."""
         pid, snapped = self.table.resolve(cfg)
         return self.measure(pid, on_step=kw.get("on_step"), snapped=snapped, cfg=cfg, run_dir=str(run_dir))
 
@@ -391,7 +390,7 @@ def replay_settings(table: Table, work_dir: Path, seed: int) -> Any:
     """vtune's study settings for a replay of ``table`` (the model is its recorded ``config.json``)."""
     from vtune._memory import Gpu
     from vtune._objectives import parse_objectives
-    from vtune._study import StudySettings
+    from vtune.study._study import StudySettings
     from vtune._target import Target
     from vtune._workload import Workload
 
@@ -415,8 +414,8 @@ def replay_settings(table: Table, work_dir: Path, seed: int) -> Any:
 
 
 def run_vtune(table: Table, seed: int, budget: int, work_dir: Path) -> Lookup:
-    """vtune as shipped, through :func:`vtune._study.run_study`, until ``budget`` launches."""
-    from vtune._study import run_study
+    """vtune as shipped, through :func:`vtune.study._study.run_study`, until ``budget`` launches."""
+    from vtune.study._study import run_study
 
     settings = replay_settings(table, work_dir, seed)
     lookup = Lookup(table, random.Random(f"{seed}:vtune"))
@@ -436,13 +435,13 @@ def run_vtune(table: Table, seed: int, budget: int, work_dir: Path) -> Lookup:
 def without_prior() -> Iterator[None]:
     """vtune's study code with its prior switched off: no baselines, no validity or memory check.
 
-    An ablation, not vtune as shipped: it patches three names in ``vtune._study`` for the
+    An ablation, not vtune as shipped: it patches three names in ``vtune.study._study`` for the
     duration (the study code has no switch for them), so that every sampled configuration
     is launched, as a plain optimizer would.
     """
     import dataclasses
 
-    import vtune._study as study_mod
+    import vtune.study._study as study_mod
 
     saved = {k: getattr(study_mod, k) for k in ("enqueue_baselines", "config_problem", "estimate_memory")}
     real_estimate = saved["estimate_memory"]
@@ -545,7 +544,7 @@ def run_grid(table: Table, seed: int, budget: int | None = None) -> Lookup:
 def run_preset(table: Table, seed: int, name: str, work_dir: Path) -> Lookup:
     """One launch of one of vtune's enqueued baselines."""
     from vtune._model_shape import load_model_shape
-    from vtune._study import baseline_configs
+    from vtune.study._study import baseline_configs
 
     settings = replay_settings(table, work_dir, seed)
     configs = dict(baseline_configs(settings, load_model_shape(settings.model)))
@@ -829,7 +828,7 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(args.out)
         base.parent.mkdir(parents=True, exist_ok=True)
         base.with_suffix(".md").write_text(md)
-        from vtune._study import json_safe
+        from vtune.study._study import json_safe
 
         base.with_suffix(".json").write_text(json.dumps(json_safe(out), indent=1, default=str) + "\n")
     return 0

@@ -1,4 +1,1 @@
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
+"""Shared test setup: test modules import helpers as ``tests.<module>`` (tests is a package)."""

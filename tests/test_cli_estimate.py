@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from shapes import LLAMA_8B, QWEN3_0_6B, QWEN3_VL_2B, write_model
+from tests.shapes import LLAMA_8B, QWEN3_0_6B, QWEN3_VL_2B, write_model
 
 
 def vtune(*args: str, check_rc: int | None = None) -> subprocess.CompletedProcess[str]:

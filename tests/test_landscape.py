@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import landscape  # noqa: E402
+from benchmarks import landscape  # noqa: E402
 
 from vtune._errors import VtuneError  # noqa: E402
 from vtune._memory import Gpu  # noqa: E402

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from shapes import (
+from tests.shapes import (
     DEEPSEEK_V2_LITE,
     GEMMA3_27B,
     GEMMA_2B,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from shapes import LLAMA_8B, QWEN3_0_6B, QWEN3_30B_A3B
+from tests.shapes import LLAMA_8B, QWEN3_0_6B, QWEN3_30B_A3B
 
-from vtune._logparse import parse_startup_log
+from vtune.engines._logparse import parse_startup_log
 from vtune._memory import Calibration, estimate_memory, resolve_gpu
 from vtune._model_shape import shape_from_config
 from vtune._serve_config import ServeConfig
@@ -93,7 +93,7 @@ QWEN2_5_32B = {
     ("h200-vllm0.26-mla-default", None, {}, 0.02),
 ])
 def test_h200_large_dense_and_mla_starts(log, arch, kw, rel):
-    from shapes import DEEPSEEK_V2_LITE
+    from tests.shapes import DEEPSEEK_V2_LITE
 
     from vtune._memory import Gpu, uses_v1_model_runner
 
@@ -110,7 +110,7 @@ def test_h200_large_dense_and_mla_starts(log, arch, kw, rel):
 
 
 def test_model_runner_follows_vllm_rule():
-    from shapes import DEEPSEEK_V2_LITE
+    from tests.shapes import DEEPSEEK_V2_LITE
 
     from vtune._memory import uses_v1_model_runner
 

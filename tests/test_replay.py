@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import landscape  # noqa: E402
-import replay  # noqa: E402
+from benchmarks import landscape  # noqa: E402
+from benchmarks import replay  # noqa: E402
 
 from vtune._serve_config import ServeConfig  # noqa: E402
 from vtune._workload import load_workload  # noqa: E402
@@ -206,7 +205,7 @@ def test_failed_point_costs_a_launch_without_pruning_and_none_for_vtune(table: r
     assert vt.events[0].pid == "VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=16&max_num_batched_tokens=64"  # vLLM defaults
     assert any(e.snapped for e in vt.events[:3])  # the size preset (512 seqs, 8192 tokens) snapped to the grid
     assert not any(e.snapped for e in bare.events)  # no baselines
-    import vtune._study as study_mod
+    import vtune.study._study as study_mod
 
     assert study_mod.config_problem(ServeConfig(max_num_seqs=16, max_num_batched_tokens=8))  # restored
 
@@ -260,8 +259,8 @@ def test_landscape_grid_spec_and_rows(tmp_path: Path) -> None:
 
 
 def test_recorded_row_round_trips_into_the_replayed_result(tmp_path: Path) -> None:
-    from vtune._logparse import Failure
-    from vtune._results import Percentiles, TrialResult
+    from vtune.engines._logparse import Failure
+    from vtune.loads._results import Percentiles, TrialResult
     from vtune._trial import TrialRecord
 
     def result(goodput: float) -> TrialResult:

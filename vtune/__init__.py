@@ -50,12 +50,12 @@ _LAZY = {
     "load_model_shape": "vtune._model_shape",
     "TrialRecord": "vtune._trial",
     "run_trial": "vtune._trial",
-    "VllmServer": "vtune._server",
+    "VllmServer": "vtune.engines._vllm",
     "Workload": "vtune._workload",
     "load_workload": "vtune._workload",
-    "StudySettings": "vtune._study",
-    "run_study": "vtune._study",
-    "run_worker": "vtune._study",
+    "StudySettings": "vtune.study._study",
+    "run_study": "vtune.study._study",
+    "run_worker": "vtune.study._study",
 }
 
 

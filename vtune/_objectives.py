@@ -25,7 +25,7 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from vtune._errors import VtuneError
-from vtune._results import TrialResult
+from vtune.loads._results import TrialResult
 from vtune._workload import Slo
 
 __all__ = ["NoiseAwarePruner", "Objective", "parse_objectives", "slo_constraints"]

@@ -18,7 +18,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from vtune._objectives import config_measurements, is_feasible, mean_result
-from vtune._study import best_trials, load_settings, make_storage, mean_values, pick_trial
+from vtune.study._study import best_trials, load_settings, make_storage, mean_values, pick_trial
 
 __all__ = ["study_frame", "write_report"]
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from vtune._errors import VtuneError
-from vtune._logparse import Failure, StartupNumbers
-from vtune._results import TrialResult
+from vtune.engines._logparse import Failure, StartupNumbers
+from vtune.loads._results import TrialResult
 from vtune._serve_config import ServeConfig
 from vtune._workload import Workload
 
@@ -188,7 +188,7 @@ def run_trial(
             returning False stops the load early (an optimizer's pruner).
         on_phase: Called with ``launching``, ``warming``/``measuring`` and
             ``stopping`` as the trial moves on (progress display).
-        on_ready: Called with the ready :class:`~vtune._server.VllmServer`
+        on_ready: Called with the ready :class:`~vtune.engines._vllm.VllmServer`
             (tests use it to break the engine on purpose).
         on_launch: Called with the server right after its process started
             (a study records the engine's process group, to clean up after a crash).
@@ -202,9 +202,9 @@ def run_trial(
             found before anything was launched; KeyboardInterrupt after the
             record of the interrupted trial was saved as failed.
     """
-    from vtune._load import PreparedLoad, prepare_load, run_load
-    from vtune._metrics import MetricsSampler
-    from vtune._server import EngineFailure, VllmServer
+    from vtune.loads._guidellm import PreparedLoad, prepare_load, run_load
+    from vtune.engines._metrics import MetricsSampler
+    from vtune.engines._vllm import EngineFailure, VllmServer
 
     t0 = time.monotonic()
     run_dir = Path(run_dir).resolve()

@@ -17,15 +17,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vtune import _server
+from vtune.engines import _vllm as _server
 from vtune._errors import VtuneError
 from vtune._hardware import cpu_cores, discover_gpus, gpu_memory_used_bytes
-from vtune._launcher import installed_vllm_version, vllm_command
-from vtune._metrics import MetricsSampler
+from vtune.engines._launcher import installed_vllm_version, vllm_command
+from vtune.engines._metrics import MetricsSampler
 from vtune._serve_config import ServeConfig
-from vtune._server import EngineFailure, VllmServer, find_free_port, omp_threads_bind, port_is_free
+from vtune.engines._vllm import EngineFailure, VllmServer, find_free_port, omp_threads_bind, port_is_free
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------------------------------
 # A fake `vllm serve`: same argv shape, writes a start-up log line, serves /health, /v1/models
@@ -149,7 +149,7 @@ def wait_for(predicate: object, limit_s: float = 30.0) -> bool:
 
 # ---------------------------------------------------------------------------------- launcher
 def test_vllm_command_and_version() -> None:
-    assert vllm_command() == [sys.executable, "-m", "vtune._launcher"]
+    assert vllm_command() == [sys.executable, "-m", "vtune.engines._launcher"]
     version = installed_vllm_version()
     if version is None:
         pytest.skip("vLLM is not installed")
@@ -158,7 +158,7 @@ def test_vllm_command_and_version() -> None:
 
 def test_launcher_aliases_only_the_vllm_lookup() -> None:
     code = (
-        "import importlib.metadata as m, vtune._launcher as l\n"
+        "import importlib.metadata as m, vtune.engines._launcher as l\n"
         "l._install_version_alias()\n"
         "try:\n    print(m.version('vllm'))\nexcept m.PackageNotFoundError:\n    print('absent')\n"
         "print(m.version('psutil'))\n"
@@ -361,7 +361,7 @@ def test_safety_net_kills_engine_when_python_dies(fake: Fake, tmp_path: Path, ho
             f"""
             import sys, time
             from pathlib import Path
-            import vtune._server as s
+            import vtune.engines._vllm as s
             from vtune._serve_config import ServeConfig
             s.vllm_command = lambda: [sys.executable, {str(fake.script)!r}]
             srv = s.VllmServer(ServeConfig(model="m"), log_path=Path({str(fake.log)!r}),

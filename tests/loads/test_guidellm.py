@@ -1,4 +1,4 @@
-"""Tests of vtune._load: GuideLLM arguments, the step protocol (with a fake child), and e2e."""
+"""Tests of vtune.loads._guidellm: GuideLLM arguments, the step protocol (with a fake child), and e2e."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-import vtune._load as load_mod
+import vtune.loads._guidellm as load_mod
 from vtune._errors import VtuneError
-from vtune._load import LoadResult, StepResult, run_load
-from vtune._results import trial_result_from_reports
+from vtune.loads._guidellm import LoadResult, StepResult, run_load
+from vtune.loads._results import trial_result_from_reports
 from vtune._workload import LoadProfile, Workload, load_workload
 
-DATA = Path(__file__).parent / "data" / "guidellm"
+DATA = Path(__file__).parents[1] / "data" / "guidellm"
 REPORTS = [DATA / "chatbot-step-00.json", DATA / "chatbot-step-01.json"]
 
 

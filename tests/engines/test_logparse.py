@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from vtune._logparse import (
+from vtune.engines._logparse import (
     FAILURE_KINDS,
     Failure,
     StartupNumbers,
@@ -16,7 +16,7 @@ from vtune._logparse import (
     split_log_line,
 )
 
-LOGS = Path(__file__).parent / "data" / "logs"
+LOGS = Path(__file__).parents[1] / "data" / "logs"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 

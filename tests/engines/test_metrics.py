@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from vtune._metrics import (
+from vtune.engines._metrics import (
     MetricsSampler,
     fetch_metrics,
     parse_metrics,

@@ -30,7 +30,7 @@ def engines(parent: int) -> dict[int, set[int]]:
     for p in children:
         try:
             cmd = " ".join(p.cmdline())
-            if "vtune._launcher" in cmd and " serve " in cmd:
+            if "vtune.engines._launcher" in cmd and " serve " in cmd:
                 out[p.pid] = set(p.cpu_affinity())
         except psutil.Error:
             continue

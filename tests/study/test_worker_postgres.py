@@ -2,7 +2,7 @@
 
 Each test starts worker processes (this file run as a script: ``python
 test_worker_postgres.py worker ...``) that join the study through
-:func:`vtune._study.run_worker` with the fake trial function of test_worker.py
+:func:`vtune.study._study.run_worker` with the fake trial function of test_worker.py
 (a short sleep instead of an engine), so that the storage, Optuna's trial
 claiming, heartbeats and vtune's budget and lost-worker handling are what is
 tested. Skipped, with the reason, where PostgreSQL is not installed.
@@ -60,7 +60,7 @@ def _as_postgres_user() -> tuple[Any, int | None, int | None]:
 @pytest.fixture(scope="module")
 def postgres():
     """``(admin URL, bin dir)`` of a throw-away PostgreSQL server on 127.0.0.1 with trust auth."""
-    from vtune._server import find_free_port
+    from vtune.engines._vllm import find_free_port
 
     bin_dir = _pg_bin()
     if bin_dir is None:
@@ -119,9 +119,9 @@ def start_worker(url: str, name: str, root: Path, tag: str, *, trial_s: float, e
 
 def worker_main(name: str, url: str, studies_dir: str, barrier_dir: str, expect: str) -> int:
     """A worker process: waits until ``expect`` workers are up, then runs trials with the fake."""
-    from test_worker import fake_trial
+    from tests.study.test_worker import fake_trial
 
-    from vtune._study import run_worker
+    from vtune.study._study import run_worker
     from vtune._target import Target
 
     barrier = Path(barrier_dir)
@@ -140,15 +140,15 @@ def worker_main(name: str, url: str, studies_dir: str, barrier_dir: str, expect:
 def load(url: str, name: str):
     import optuna
 
-    from vtune._study import make_storage
+    from vtune.study._study import make_storage
 
     return optuna.load_study(study_name=name, storage=make_storage(url, heartbeat=False))
 
 
 def prepare(tmp_path: Path, url: str, name: str, n_trials: int):
-    from test_worker import make_settings
+    from tests.study.test_worker import make_settings
 
-    from vtune._study import prepare_study
+    from vtune.study._study import prepare_study
 
     settings = make_settings(tmp_path, name=name)
     study, *_ = prepare_study(settings, url, n_trials=n_trials, heartbeat_interval_s=HEARTBEAT_S,
@@ -169,7 +169,7 @@ def finish(proc: subprocess.Popen, root: Path, tag: str, timeout_s: float = 300)
 # ------------------------------------------------------------------- tests
 def test_two_workers_share_one_study_and_never_run_a_trial_twice(pg_url, tmp_path):
     from optuna.trial import TrialState
-    from test_worker import fake_log
+    from tests.study.test_worker import fake_log
 
     n = 10
     baselines = prepare(tmp_path, pg_url, "shared", n)
@@ -204,7 +204,7 @@ def test_two_workers_share_one_study_and_never_run_a_trial_twice(pg_url, tmp_pat
 def test_a_killed_worker_s_trial_fails_as_worker_lost_and_the_other_finishes_the_budget(pg_url, tmp_path):
     import psutil
     from optuna.trial import TrialState
-    from test_worker import fake_log
+    from tests.study.test_worker import fake_log
 
     n = 8
     prepare(tmp_path, pg_url, "killed", n)
@@ -250,6 +250,6 @@ def test_a_killed_worker_s_trial_fails_as_worker_lost_and_the_other_finishes_the
 
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "worker":
-        sys.path.insert(0, str(Path(__file__).parent))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repo root
         raise SystemExit(worker_main(*sys.argv[2:7]))
     raise SystemExit(f"usage: {sys.argv[0]} worker NAME URL STUDIES_DIR BARRIER_DIR EXPECT")

@@ -17,7 +17,7 @@ Why GuideLLM's library API in a child process, not its CLI, and not in this proc
   settings (read from ``GUIDELLM__*`` at import), a process-wide singleton
   benchmarker and ``spawn``-ed worker processes (which re-import ``__main__``).
 
-So ``python -m vtune._load SPEC`` runs here as a child in its own session (killed as
+So ``python -m vtune.loads._guidellm SPEC`` runs here as a child in its own session (killed as
 a process group if it hangs); it imports GuideLLM once, then per step builds the
 data loader and profile and runs GuideLLM's ``Benchmarker`` for one benchmark,
 saves the report exactly as ``guidellm run --output kind=json`` would, and waits for
@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vtune._errors import VtuneError
-from vtune._results import BenchmarkSamples, TrialResult, read_guidellm_report, summarize
+from vtune.loads._results import BenchmarkSamples, TrialResult, read_guidellm_report, summarize
 from vtune._workload import PromptRecord, Workload, read_prompts_jsonl
 
 __all__ = [
@@ -149,7 +149,7 @@ class LoadResult:
         """Returns a JSON-ready mapping (the content of ``load_result.json``)."""
         return {
             "schema_version": self.schema_version,
-            "description": "vtune load result; fields: vtune._load.LoadResult, result: vtune._results.TrialResult",
+            "description": "vtune load result; fields: vtune.loads._guidellm.LoadResult, result: vtune.loads._results.TrialResult",
             "workload": self.workload,
             "stopped_early": self.stopped_early,
             "startup_s": self.startup_s,
@@ -255,7 +255,7 @@ def _child_env() -> dict[str, str]:
 
 def _child_command(spec_path: Path) -> list[str]:
     """The command line of the GuideLLM child (a seam for tests)."""
-    return [sys.executable, "-m", "vtune._load", str(spec_path)]
+    return [sys.executable, "-m", "vtune.loads._guidellm", str(spec_path)]
 
 
 @dataclass
@@ -303,7 +303,7 @@ def prepare_load(
         url = url[: -len("/v1")]
     spec = {
         "schema_version": SCHEMA_VERSION,
-        "description": "input of `python -m vtune._load`: one GuideLLM load, in steps",
+        "description": "input of `python -m vtune.loads._guidellm`: one GuideLLM load, in steps",
         "target_url": url,
         "served_model": "",  # sent with "go", once the server has said its name
         "tokenizer_dir": str(tokenizer_dir),
@@ -457,8 +457,8 @@ def run_load(
 
 
 # -----------------------------------------------------------------------------------
-# The child: `python -m vtune._load SPEC`. Everything below runs only there; GuideLLM
-# is imported inside the functions so that importing vtune._load stays cheap (GuideLLM's
+# The child: `python -m vtune.loads._guidellm SPEC`. Everything below runs only there; GuideLLM
+# is imported inside the functions so that importing vtune.loads._guidellm stays cheap (GuideLLM's
 # spawned workers re-import this module as __mp_main__).
 
 

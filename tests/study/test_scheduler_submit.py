@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vtune._errors import VtuneError
-from vtune._scheduler import walltime_hms, worker_job_script
+from vtune.study._scheduler import walltime_hms, worker_job_script
 
 URL = "postgresql://vtune@db.example:5432/studies"
 
@@ -81,9 +81,9 @@ def test_bad_input_is_one_line():
 
 
 def test_cli_submit_checks_the_study_and_writes_a_private_script(tmp_path):
-    from test_worker import make_settings
+    from tests.study.test_worker import make_settings
 
-    from vtune._study import prepare_study
+    from vtune.study._study import prepare_study
 
     db = f"sqlite:///{tmp_path}/s.db"
     prepare_study(make_settings(tmp_path, name="cpu-study"), db, n_trials=4)
@@ -98,10 +98,10 @@ def test_cli_submit_checks_the_study_and_writes_a_private_script(tmp_path):
 
 
 def test_cli_submit_writes_the_script(tmp_path, monkeypatch):
-    from test_worker import make_settings
+    from tests.study.test_worker import make_settings
 
     from vtune import _cli
-    from vtune._study import prepare_study
+    from vtune.study._study import prepare_study
 
     db = f"sqlite:///{tmp_path}/s.db"
     prepare_study(make_settings(tmp_path, name="cpu-study"), db, n_trials=4)

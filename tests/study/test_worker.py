@@ -27,10 +27,10 @@ from optuna.trial import TrialState
 from vtune._errors import VtuneError
 from vtune._memory import resolve_gpu
 from vtune._objectives import parse_objectives
-from vtune._results import Percentiles, TrialResult
+from vtune.loads._results import Percentiles, TrialResult
 from vtune._serve_config import ServeConfig
 from vtune._space import default_space
-from vtune._study import (
+from vtune.study._study import (
     StudySettings,
     default_concurrency,
     elapsed_s,
@@ -154,7 +154,7 @@ def test_default_concurrency_fills_the_node_with_the_smallest_layout(plenty_of_m
 def test_cpu_engine_default_is_capped_by_available_memory(monkeypatch):
     import psutil
 
-    from vtune._study import cpu_trial_memory_gib
+    from vtune.study._study import cpu_trial_memory_gib
 
     settings = make_settings(Path("/tmp"), target=Target(device="cpu", cpu_cores=tuple(range(8))))
     per_trial = cpu_trial_memory_gib(settings)
@@ -327,7 +327,7 @@ def test_elapsed_counts_overlapping_trials_once():
 
 
 def test_multi_objective_studies_sample_with_tpe_and_constant_liar(tmp_path):
-    from vtune._study import _make_sampler
+    from vtune.study._study import _make_sampler
 
     settings = make_settings(tmp_path)
     settings.objectives = parse_objectives("goodput,ttft_p99")

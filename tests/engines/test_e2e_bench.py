@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from vtune._serve_config import ServeConfig
-from vtune._server import port_is_free
+from vtune.engines._vllm import port_is_free
 from vtune._tiny_model import build_tiny_model
 from vtune._trial import run_trial
 from vtune._workload import load_workload

@@ -7,12 +7,12 @@ from typing import Any
 
 import optuna
 import pytest
-from test_worker import fake_trial, make_settings
+from tests.study.test_worker import fake_trial, make_settings
 
 import vtune._hardware as hardware
-import vtune._study as study_mod
+import vtune.study._study as study_mod
 from vtune._memory import resolve_gpu
-from vtune._study import GpuMemoryNotBack, run_study
+from vtune.study._study import GpuMemoryNotBack, run_study
 from vtune._target import Target
 
 H100 = resolve_gpu("H100-80GB")

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vtune._server import find_free_port
+from vtune.engines._vllm import find_free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -119,7 +119,7 @@ def test_e2e_exported_yaml_starts_vllm_serve_config(workdir):
         env[key] = value
     port = find_free_port()
     log = open(workdir / "serve-config.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "vtune._launcher", "serve", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "vtune.engines._launcher", "serve", "--config",
                              str(workdir / "configs" / f"{NAME}.yaml"), "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:

