@@ -59,10 +59,10 @@ def real_study(workdir: Path, trials: int, duration_s: float) -> list[dict[str, 
 def fake_study(workdir: Path, trials: int) -> float:
     """Seconds per trial of the study loop itself (no engine, no load)."""
     from vtune._cli import _settings_from_args, build_parser
+    from vtune._trial import TrialRecord
     from vtune.engines._logparse import StartupNumbers
     from vtune.loads._results import Percentiles, TrialResult
     from vtune.study._study import run_study
-    from vtune._trial import TrialRecord
 
     def fake_trial(cfg, workload, run_dir, **kw):
         p = Percentiles(p50=10.0, p90=20.0, p99=30.0, mean=12.0)

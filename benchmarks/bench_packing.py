@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from vtune._hardware import cpu_cores
-from vtune.study._scheduler import ResourcePool
 from vtune._serve_config import ServeConfig
 from vtune._target import Target, apply_engine_defaults
 from vtune._tiny_model import build_tiny_model
 from vtune._trial import TrialRecord, run_trial
 from vtune._workload import load_workload
+from vtune.study._scheduler import ResourcePool
 
 SEQS = [4, 8, 16, 32, 64, 128]
 

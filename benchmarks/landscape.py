@@ -518,10 +518,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses
 
-    from vtune.study._study import config_problem
     from vtune._target import apply_engine_defaults, resolve_target
     from vtune._trial import run_trial
     from vtune._workload import load_workload
+    from vtune.study._study import config_problem
 
     t0 = time.monotonic()
     spec = _merge_cli(load_grid_spec(args.grid, args.dim), args)
@@ -761,9 +761,9 @@ def import_study_rows(db: Path, points: list[dict[str, Any]], configs: list[Serv
     """
     import optuna
 
+    from vtune._trial import TrialRecord
     from vtune.engines._logparse import StartupNumbers
     from vtune.loads._results import TrialResult
-    from vtune._trial import TrialRecord
 
     if not db.is_file():
         raise VtuneError(f"--import-study {db}: no such file; give a study's .db (studies/NAME.db)")

@@ -81,13 +81,12 @@ if str(ROOT) not in sys.path:  # run as a script: the repository root holds vtun
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.landscape import grid_space  # noqa: E402
-
 from vtune._errors import VtuneError  # noqa: E402
-from vtune.engines._logparse import Failure, StartupNumbers  # noqa: E402
-from vtune.loads._results import Percentiles, TrialResult  # noqa: E402
 from vtune._serve_config import ServeConfig  # noqa: E402
 from vtune._space import layout_name  # noqa: E402
 from vtune._trial import TrialRecord  # noqa: E402
+from vtune.engines._logparse import Failure, StartupNumbers  # noqa: E402
+from vtune.loads._results import Percentiles, TrialResult  # noqa: E402
 
 SCHEMA_VERSION = 1
 TARGET_FRAC = 0.95
@@ -390,9 +389,9 @@ def replay_settings(table: Table, work_dir: Path, seed: int) -> Any:
     """vtune's study settings for a replay of ``table`` (the model is its recorded ``config.json``)."""
     from vtune._memory import Gpu
     from vtune._objectives import parse_objectives
-    from vtune.study._study import StudySettings
     from vtune._target import Target
     from vtune._workload import Workload
+    from vtune.study._study import StudySettings
 
     h = table.header
     model_dir = work_dir / "model"

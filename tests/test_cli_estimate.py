@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from tests.shapes import LLAMA_8B, QWEN3_0_6B, QWEN3_VL_2B, write_model
 
 

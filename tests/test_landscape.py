@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks import landscape  # noqa: E402
-
 from vtune._errors import VtuneError  # noqa: E402
 from vtune._memory import Gpu  # noqa: E402
 from vtune._serve_config import parse_serve_args  # noqa: E402

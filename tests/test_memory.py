@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tests.shapes import (
     DEEPSEEK_V2_LITE,
     GEMMA3_27B,
@@ -19,7 +20,6 @@ from tests.shapes import (
     QWEN3_30B_A3B,
     QWEN3_VL_2B,
 )
-
 from vtune._errors import VtuneError
 from vtune._memory import (
     GIB,

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.shapes import LLAMA_8B, QWEN3_0_6B, QWEN3_30B_A3B
 
-from vtune.engines._logparse import parse_startup_log
+from tests.shapes import LLAMA_8B, QWEN3_0_6B, QWEN3_30B_A3B
 from vtune._memory import Calibration, estimate_memory, resolve_gpu
 from vtune._model_shape import shape_from_config
 from vtune._serve_config import ServeConfig
+from vtune.engines._logparse import parse_startup_log
 
 LOGS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-logs"
 H100 = resolve_gpu("H100-80GB")
@@ -94,7 +94,6 @@ QWEN2_5_32B = {
 ])
 def test_h200_large_dense_and_mla_starts(log, arch, kw, rel):
     from tests.shapes import DEEPSEEK_V2_LITE
-
     from vtune._memory import Gpu, uses_v1_model_runner
 
     shape = shape_from_config(arch or DEEPSEEK_V2_LITE)
@@ -111,7 +110,6 @@ def test_h200_large_dense_and_mla_starts(log, arch, kw, rel):
 
 def test_model_runner_follows_vllm_rule():
     from tests.shapes import DEEPSEEK_V2_LITE
-
     from vtune._memory import uses_v1_model_runner
 
     assert uses_v1_model_runner(shape_from_config(QWEN3_30B_A3B))  # MoE outside vLLM's V2 list

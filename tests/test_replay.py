@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from benchmarks import landscape  # noqa: E402
-from benchmarks import replay  # noqa: E402
-
+from benchmarks import (
+    landscape,  # noqa: E402
+    replay,  # noqa: E402
+)
 from vtune._serve_config import ServeConfig  # noqa: E402
 from vtune._workload import load_workload  # noqa: E402
 
@@ -259,9 +259,9 @@ def test_landscape_grid_spec_and_rows(tmp_path: Path) -> None:
 
 
 def test_recorded_row_round_trips_into_the_replayed_result(tmp_path: Path) -> None:
+    from vtune._trial import TrialRecord
     from vtune.engines._logparse import Failure
     from vtune.loads._results import Percentiles, TrialResult
-    from vtune._trial import TrialRecord
 
     def result(goodput: float) -> TrialResult:
         return TrialResult(

@@ -350,9 +350,9 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
     from vtune._objectives import parse_objectives
     from vtune._serve_config import parse_serve_args
     from vtune._space import default_space, load_space_file
-    from vtune.study._study import StudySettings
     from vtune._target import apply_engine_defaults, resolve_model, resolve_target
     from vtune._workload import load_workload
+    from vtune.study._study import StudySettings
 
     objectives = parse_objectives(args.objectives)
     if args.n_trials is not None and args.n_trials < 1:

@@ -25,8 +25,8 @@ from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
 from vtune._errors import VtuneError
-from vtune.loads._results import TrialResult
 from vtune._workload import Slo
+from vtune.loads._results import TrialResult
 
 __all__ = ["NoiseAwarePruner", "Objective", "parse_objectives", "slo_constraints"]
 

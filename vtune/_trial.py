@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from vtune._errors import VtuneError
-from vtune.engines._logparse import Failure, StartupNumbers
-from vtune.loads._results import TrialResult
 from vtune._serve_config import ServeConfig
 from vtune._workload import Workload
+from vtune.engines._logparse import Failure, StartupNumbers
+from vtune.loads._results import TrialResult
 
 __all__ = ["SCHEMA_VERSION", "TrialRecord", "record_summary", "run_trial", "write_config_files"]
 
@@ -202,9 +202,9 @@ def run_trial(
             found before anything was launched; KeyboardInterrupt after the
             record of the interrupted trial was saved as failed.
     """
-    from vtune.loads._guidellm import PreparedLoad, prepare_load, run_load
     from vtune.engines._metrics import MetricsSampler
     from vtune.engines._vllm import EngineFailure, VllmServer
+    from vtune.loads._guidellm import PreparedLoad, prepare_load, run_load
 
     t0 = time.monotonic()
     run_dir = Path(run_dir).resolve()

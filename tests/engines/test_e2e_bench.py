@@ -15,10 +15,10 @@ import psutil
 import pytest
 
 from vtune._serve_config import ServeConfig
-from vtune.engines._vllm import port_is_free
 from vtune._tiny_model import build_tiny_model
 from vtune._trial import run_trial
 from vtune._workload import load_workload
+from vtune.engines._vllm import port_is_free
 
 pytestmark = pytest.mark.e2e
 CPU_FLAGS = ["--dtype", "float32", "--enforce-eager", "--max-model-len", "2048"]

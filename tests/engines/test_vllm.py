@@ -17,12 +17,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vtune.engines import _vllm as _server
 from vtune._errors import VtuneError
 from vtune._hardware import cpu_cores, discover_gpus, gpu_memory_used_bytes
+from vtune._serve_config import ServeConfig
+from vtune.engines import _vllm as _server
 from vtune.engines._launcher import installed_vllm_version, vllm_command
 from vtune.engines._metrics import MetricsSampler
-from vtune._serve_config import ServeConfig
 from vtune.engines._vllm import EngineFailure, VllmServer, find_free_port, omp_threads_bind, port_is_free
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,9 +19,9 @@ import pytest
 
 import vtune.loads._guidellm as load_mod
 from vtune._errors import VtuneError
+from vtune._workload import LoadProfile, Workload, load_workload
 from vtune.loads._guidellm import LoadResult, StepResult, run_load
 from vtune.loads._results import trial_result_from_reports
-from vtune._workload import LoadProfile, Workload, load_workload
 
 DATA = Path(__file__).parents[1] / "data" / "guidellm"
 REPORTS = [DATA / "chatbot-step-00.json", DATA / "chatbot-step-01.json"]

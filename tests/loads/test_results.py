@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from vtune._errors import VtuneError
+from vtune._workload import Slo, SloTarget
 from vtune.loads._results import (
     SCHEMA_VERSION,
     Percentiles,
@@ -21,7 +22,6 @@ from vtune.loads._results import (
     summarize,
     trial_result_from_reports,
 )
-from vtune._workload import Slo, SloTarget
 
 DATA = Path(__file__).parents[1] / "data" / "guidellm"
 STEP0 = DATA / "chatbot-step-00.json"

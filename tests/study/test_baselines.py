@@ -6,16 +6,16 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from tests.shapes import LLAMA_8B
 
+from tests.shapes import LLAMA_8B
 from vtune._memory import Gpu
 from vtune._model_shape import shape_from_config
 from vtune._objectives import parse_objectives
 from vtune._serve_config import ServeConfig
 from vtune._space import Dimension, SearchSpace
-from vtune.study._study import StudySettings, baseline_configs
 from vtune._target import Target
 from vtune._workload import load_workload
+from vtune.study._study import StudySettings, baseline_configs
 
 LLAMA_70B = {**LLAMA_8B, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
              "num_attention_heads": 64, "num_key_value_heads": 8}

@@ -7,13 +7,13 @@ from typing import Any
 
 import optuna
 import pytest
-from tests.study.test_worker import fake_trial, make_settings
 
 import vtune._hardware as hardware
 import vtune.study._study as study_mod
+from tests.study.test_worker import fake_trial, make_settings
 from vtune._memory import resolve_gpu
-from vtune.study._study import GpuMemoryNotBack, run_study
 from vtune._target import Target
+from vtune.study._study import GpuMemoryNotBack, run_study
 
 H100 = resolve_gpu("H100-80GB")
 

@@ -8,8 +8,8 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
-from tests.study.test_worker import fake_trial, make_settings
 
+from tests.study.test_worker import fake_trial, make_settings
 from vtune._objectives import NoiseAwarePruner, config_groups, measured_noise
 from vtune.study._study import best_trials, run_study
 

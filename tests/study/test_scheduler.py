@@ -9,8 +9,8 @@ import time
 import pytest
 
 from vtune._errors import VtuneError
-from vtune.study._scheduler import ResourcePool, pick_positions
 from vtune._target import Target
+from vtune.study._scheduler import ResourcePool, pick_positions
 
 
 def gpu_pool(n: int = 8) -> ResourcePool:

@@ -82,7 +82,6 @@ def test_bad_input_is_one_line():
 
 def test_cli_submit_checks_the_study_and_writes_a_private_script(tmp_path):
     from tests.study.test_worker import make_settings
-
     from vtune.study._study import prepare_study
 
     db = f"sqlite:///{tmp_path}/s.db"
@@ -99,7 +98,6 @@ def test_cli_submit_checks_the_study_and_writes_a_private_script(tmp_path):
 
 def test_cli_submit_writes_the_script(tmp_path, monkeypatch):
     from tests.study.test_worker import make_settings
-
     from vtune import _cli
     from vtune.study._study import prepare_study
 

@@ -27,9 +27,13 @@ from optuna.trial import TrialState
 from vtune._errors import VtuneError
 from vtune._memory import resolve_gpu
 from vtune._objectives import parse_objectives
-from vtune.loads._results import Percentiles, TrialResult
 from vtune._serve_config import ServeConfig
 from vtune._space import default_space
+from vtune._target import Target
+from vtune._tiny_model import build_tiny_model
+from vtune._trial import TrialRecord
+from vtune._workload import load_workload
+from vtune.loads._results import Percentiles, TrialResult
 from vtune.study._study import (
     StudySettings,
     default_concurrency,
@@ -40,10 +44,6 @@ from vtune.study._study import (
     run_worker,
     wait_for_running,
 )
-from vtune._target import Target
-from vtune._tiny_model import build_tiny_model
-from vtune._trial import TrialRecord
-from vtune._workload import load_workload
 
 # ------------------------------------------------------------------ the fake
 _BARRIER: threading.Barrier | None = None  # in-process tests: the first trials wait for each other

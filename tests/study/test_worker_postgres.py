@@ -120,9 +120,8 @@ def start_worker(url: str, name: str, root: Path, tag: str, *, trial_s: float, e
 def worker_main(name: str, url: str, studies_dir: str, barrier_dir: str, expect: str) -> int:
     """A worker process: waits until ``expect`` workers are up, then runs trials with the fake."""
     from tests.study.test_worker import fake_trial
-
-    from vtune.study._study import run_worker
     from vtune._target import Target
+    from vtune.study._study import run_worker
 
     barrier = Path(barrier_dir)
     barrier.mkdir(exist_ok=True)
@@ -147,7 +146,6 @@ def load(url: str, name: str):
 
 def prepare(tmp_path: Path, url: str, name: str, n_trials: int):
     from tests.study.test_worker import make_settings
-
     from vtune.study._study import prepare_study
 
     settings = make_settings(tmp_path, name=name)
@@ -169,6 +167,7 @@ def finish(proc: subprocess.Popen, root: Path, tag: str, timeout_s: float = 300)
 # ------------------------------------------------------------------- tests
 def test_two_workers_share_one_study_and_never_run_a_trial_twice(pg_url, tmp_path):
     from optuna.trial import TrialState
+
     from tests.study.test_worker import fake_log
 
     n = 10
@@ -204,6 +203,7 @@ def test_two_workers_share_one_study_and_never_run_a_trial_twice(pg_url, tmp_pat
 def test_a_killed_worker_s_trial_fails_as_worker_lost_and_the_other_finishes_the_budget(pg_url, tmp_path):
     import psutil
     from optuna.trial import TrialState
+
     from tests.study.test_worker import fake_log
 
     n = 8

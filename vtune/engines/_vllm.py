@@ -50,8 +50,8 @@ import psutil
 from vtune._errors import VtuneError
 from vtune._hardware import cpu_cores as allowed_cpu_cores
 from vtune._hardware import gpu_memory_used_bytes
-from vtune.engines._launcher import installed_vllm_version, vllm_command
 from vtune._serve_config import ServeConfig
+from vtune.engines._launcher import installed_vllm_version, vllm_command
 
 if TYPE_CHECKING:
     from vtune.engines._logparse import Failure, StartupNumbers

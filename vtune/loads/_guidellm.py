@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from vtune._errors import VtuneError
-from vtune.loads._results import BenchmarkSamples, TrialResult, read_guidellm_report, summarize
 from vtune._workload import PromptRecord, Workload, read_prompts_jsonl
+from vtune.loads._results import BenchmarkSamples, TrialResult, read_guidellm_report, summarize
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -1239,8 +1239,8 @@ def _run_trials_here(
     allocator = None
     cores_per_rank = 1
     if k > 1:
-        from vtune.study._scheduler import ResourcePool
         from vtune.engines._vllm import _install_safety_net
+        from vtune.study._scheduler import ResourcePool
 
         allocator = ResourcePool(settings.target)
         if settings.target.device == "cpu":
