@@ -10,17 +10,16 @@ from typing import Any
 
 import pytest
 
+from benchmarks import landscape
+from vtune._errors import VtuneError
+from vtune._memory import Gpu
+from vtune._serve_config import parse_serve_args
+from vtune._space import apply_values
+from vtune._target import Target, apply_engine_defaults
+from vtune._trial import TrialRecord
+from vtune._workload import load_workload
+
 ROOT = Path(__file__).resolve().parents[1]
-
-from benchmarks import landscape  # noqa: E402
-from vtune._errors import VtuneError  # noqa: E402
-from vtune._memory import Gpu  # noqa: E402
-from vtune._serve_config import parse_serve_args  # noqa: E402
-from vtune._space import apply_values  # noqa: E402
-from vtune._target import Target, apply_engine_defaults  # noqa: E402
-from vtune._trial import TrialRecord  # noqa: E402
-from vtune._workload import load_workload  # noqa: E402
-
 GPU_STUDY = ROOT / "benchmarks" / "results" / "gpu-study-2xh200" / "study.db"
 GPU_GRID = ROOT / "benchmarks" / "grids" / "gpu-llama8b-2xh200.yaml"
 TWO_H200 = Target(device="gpu", gpus=(0, 1), gpu=Gpu("H200", 139.8), gpu_names=("NVIDIA H200",) * 2, nvlink=True,

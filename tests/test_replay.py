@@ -10,20 +10,17 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from benchmarks import (
-    landscape,  # noqa: E402
-    replay,  # noqa: E402
-)
-from vtune._serve_config import ServeConfig  # noqa: E402
-from vtune._workload import load_workload  # noqa: E402
+from benchmarks import landscape, replay
+from vtune._serve_config import ServeConfig
+from vtune._workload import load_workload
 
 TINY_LLAMA = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256, "intermediate_size": 512,
     "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 8192,
     "max_position_embeddings": 4096, "torch_dtype": "float32", "tie_word_embeddings": False,
 }
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def goodput_of(point: dict[str, Any]) -> float:

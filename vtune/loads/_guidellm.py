@@ -149,7 +149,8 @@ class LoadResult:
         """Returns a JSON-ready mapping (the content of ``load_result.json``)."""
         return {
             "schema_version": self.schema_version,
-            "description": "vtune load result; fields: vtune.loads._guidellm.LoadResult, result: vtune.loads._results.TrialResult",
+            "description": ("vtune load result; fields: vtune.loads._guidellm.LoadResult, "
+                            "result: vtune.loads._results.TrialResult"),
             "workload": self.workload,
             "stopped_early": self.stopped_early,
             "startup_s": self.startup_s,
