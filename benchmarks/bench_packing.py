@@ -40,7 +40,7 @@ from vtune._target import Target, apply_engine_defaults
 from vtune._tiny_model import build_tiny_model
 from vtune._trial import TrialRecord, run_trial
 from vtune._workload import load_workload
-from vtune.study._scheduler import ResourcePool
+from vtune.study._packing import ResourcePool
 
 SEQS = [4, 8, 16, 32, 64, 128]
 

@@ -383,7 +383,7 @@ def model_facts(model_dir: Path, spec_model: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------- rows
 def _j(value: Any) -> str:
-    from vtune.study._study import json_safe
+    from vtune.study._export import json_safe
 
     return json.dumps(json_safe(value), separators=(",", ":"))
 
@@ -521,7 +521,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from vtune._target import apply_engine_defaults, resolve_target
     from vtune._trial import run_trial
     from vtune._workload import load_workload
-    from vtune.study._study import config_problem
+    from vtune.study._runner import config_problem
 
     t0 = time.monotonic()
     spec = _merge_cli(load_grid_spec(args.grid, args.dim), args)
@@ -640,7 +640,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     totals = [float(r["total_s"]) for r in rows if r.get("total_s") and r.get("status") != "failed"]
     pool = None
     if args.pack:
-        from vtune.study._scheduler import ResourcePool
+        from vtune.study._packing import ResourcePool
 
         pool = ResourcePool(target)
         for _p, c, _r in left:

@@ -391,7 +391,7 @@ def replay_settings(table: Table, work_dir: Path, seed: int) -> Any:
     from vtune._objectives import parse_objectives
     from vtune._target import Target
     from vtune._workload import Workload
-    from vtune.study._study import StudySettings
+    from vtune.study._settings import StudySettings
 
     h = table.header
     model_dir = work_dir / "model"
@@ -440,22 +440,25 @@ def without_prior() -> Iterator[None]:
     """
     import dataclasses
 
+    import vtune.study._runner as runner_mod
     import vtune.study._study as study_mod
 
-    saved = {k: getattr(study_mod, k) for k in ("enqueue_baselines", "config_problem", "estimate_memory")}
+    saved = {k: getattr(runner_mod, k) for k in ("config_problem", "estimate_memory")}
+    saved_enqueue = study_mod.enqueue_baselines
     real_estimate = saved["estimate_memory"]
 
     def fits(*a: Any, **kw: Any) -> Any:
         return dataclasses.replace(real_estimate(*a, **kw), fits=True, reason=None)
 
     study_mod.enqueue_baselines = lambda *a, **kw: 0  # type: ignore[assignment]
-    study_mod.config_problem = lambda cfg: None  # type: ignore[assignment]
-    study_mod.estimate_memory = fits  # type: ignore[assignment]
+    runner_mod.config_problem = lambda cfg: None  # type: ignore[assignment]
+    runner_mod.estimate_memory = fits  # type: ignore[assignment]
     try:
         yield
     finally:
         for k, v in saved.items():
-            setattr(study_mod, k, v)
+            setattr(runner_mod, k, v)
+        study_mod.enqueue_baselines = saved_enqueue  # type: ignore[assignment]
 
 
 def run_optuna(table: Table, seed: int, budget: int, sampler: Any, name: str) -> Lookup:
@@ -543,7 +546,7 @@ def run_grid(table: Table, seed: int, budget: int | None = None) -> Lookup:
 def run_preset(table: Table, seed: int, name: str, work_dir: Path) -> Lookup:
     """One launch of one of vtune's enqueued baselines."""
     from vtune._model_shape import load_model_shape
-    from vtune.study._study import baseline_configs
+    from vtune.study._baselines import baseline_configs
 
     settings = replay_settings(table, work_dir, seed)
     configs = dict(baseline_configs(settings, load_model_shape(settings.model)))
@@ -827,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         base = Path(args.out)
         base.parent.mkdir(parents=True, exist_ok=True)
         base.with_suffix(".md").write_text(md)
-        from vtune.study._study import json_safe
+        from vtune.study._export import json_safe
 
         base.with_suffix(".json").write_text(json.dumps(json_safe(out), indent=1, default=str) + "\n")
     return 0

@@ -53,9 +53,9 @@ _LAZY = {
     "VllmServer": "vtune.engines._vllm",
     "Workload": "vtune._workload",
     "load_workload": "vtune._workload",
-    "StudySettings": "vtune.study._study",
-    "run_study": "vtune.study._study",
-    "run_worker": "vtune.study._study",
+    "StudySettings": "vtune.study",
+    "run_study": "vtune.study",
+    "run_worker": "vtune.study",
 }
 
 

@@ -352,7 +352,7 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
     from vtune._space import default_space, load_space_file
     from vtune._target import apply_engine_defaults, resolve_model, resolve_target
     from vtune._workload import load_workload
-    from vtune.study._study import StudySettings
+    from vtune.study._settings import StudySettings
 
     objectives = parse_objectives(args.objectives)
     if args.n_trials is not None and args.n_trials < 1:
@@ -399,13 +399,14 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from vtune.study._study import dump_json, run_study
+    from vtune.study._export import dump_json
+    from vtune.study._study import run_study
 
     settings = _settings_from_args(args)
     timeout_s = _parse_duration_s(args.timeout, "--timeout")
     if not args.json:
         active = ", ".join(d.name for d in settings.space.active)
-        from vtune.study._study import default_concurrency
+        from vtune.study._packing import default_concurrency
 
         k = args.max_concurrent_trials or default_concurrency(settings)
         print(f"study {settings.name}: {settings.model} on {settings.target.describe()}, workload "
@@ -444,7 +445,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vtune.study._study import dump_json, run_worker
+    from vtune.study._export import dump_json
+    from vtune.study._study import run_worker
 
     if args.max_concurrent_trials is not None and args.max_concurrent_trials < 1:
         raise VtuneError(f"--max-concurrent-trials must be >= 1, got {args.max_concurrent_trials}")
@@ -470,8 +472,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     import subprocess
     from pathlib import Path
 
-    from vtune.study._scheduler import walltime_hms, worker_job_script
-    from vtune.study._study import layout_sizes
+    from vtune.study._packing import layout_sizes
+    from vtune.study._submit import walltime_hms, worker_job_script
 
     if args.storage.startswith(("sqlite", "journal:")):
         raise VtuneError(f"--storage {args.storage}: workers on other machines need a storage server they all "
@@ -520,7 +522,8 @@ def _open_existing(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
     import optuna
 
-    from vtune.study._study import default_storage, load_settings, make_storage
+    from vtune.study._settings import load_settings
+    from vtune.study._storage import default_storage, make_storage
 
     url = args.storage or default_storage(args.study, Path(args.studies_dir))
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
@@ -536,7 +539,8 @@ def _open_existing(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 def _cmd_best(args: argparse.Namespace) -> int:
     from vtune._serve_config import ServeConfig
-    from vtune.study._study import dump_json, pick_trial
+    from vtune.study._export import dump_json
+    from vtune.study._selection import pick_trial
 
     study, settings, _ = _open_existing(args)
     trial = pick_trial(study, settings, args.pick)

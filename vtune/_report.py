@@ -17,8 +17,9 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from vtune._objectives import config_measurements, is_feasible, mean_result
-from vtune.study._study import best_trials, load_settings, make_storage, mean_values, pick_trial
+from vtune.study._selection import best_trials, config_measurements, is_feasible, mean_result, mean_values, pick_trial
+from vtune.study._settings import load_settings
+from vtune.study._storage import make_storage
 
 __all__ = ["study_frame", "write_report"]
 

@@ -15,7 +15,8 @@ from vtune._serve_config import ServeConfig
 from vtune._space import Dimension, SearchSpace
 from vtune._target import Target
 from vtune._workload import load_workload
-from vtune.study._study import StudySettings, baseline_configs
+from vtune.study._baselines import baseline_configs
+from vtune.study._settings import StudySettings
 
 LLAMA_70B = {**LLAMA_8B, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
              "num_attention_heads": 64, "num_key_value_heads": 8}

@@ -9,11 +9,12 @@ import optuna
 import pytest
 
 import vtune._hardware as hardware
-import vtune.study._study as study_mod
+import vtune.study._runner as study_mod
 from tests.study.test_worker import fake_trial, make_settings
 from vtune._memory import resolve_gpu
 from vtune._target import Target
-from vtune.study._study import GpuMemoryNotBack, run_study
+from vtune.study._runner import GpuMemoryNotBack
+from vtune.study._study import run_study
 
 H100 = resolve_gpu("H100-80GB")
 

@@ -10,8 +10,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from tests.study.test_worker import fake_trial, make_settings
-from vtune._objectives import NoiseAwarePruner, config_groups, measured_noise
-from vtune.study._study import best_trials, run_study
+from vtune.study._pruner import NoiseAwarePruner
+from vtune.study._selection import best_trials, config_groups, measured_noise
+from vtune.study._study import run_study
 
 
 def done(value: float, flags: str, **attrs) -> optuna.trial.FrozenTrial:

@@ -10,7 +10,7 @@ import pytest
 
 from vtune._errors import VtuneError
 from vtune._target import Target
-from vtune.study._scheduler import ResourcePool, pick_positions
+from vtune.study._packing import ResourcePool, pick_positions
 
 
 def gpu_pool(n: int = 8) -> ResourcePool:

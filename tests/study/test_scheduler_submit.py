@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vtune._errors import VtuneError
-from vtune.study._scheduler import walltime_hms, worker_job_script
+from vtune.study._submit import walltime_hms, worker_job_script
 
 URL = "postgresql://vtune@db.example:5432/studies"
 

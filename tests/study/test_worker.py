@@ -34,16 +34,11 @@ from vtune._tiny_model import build_tiny_model
 from vtune._trial import TrialRecord
 from vtune._workload import load_workload
 from vtune.loads._results import Percentiles, TrialResult
-from vtune.study._study import (
-    StudySettings,
-    default_concurrency,
-    elapsed_s,
-    make_storage,
-    prepare_study,
-    run_study,
-    run_worker,
-    wait_for_running,
-)
+from vtune.study._packing import default_concurrency
+from vtune.study._runner import elapsed_s
+from vtune.study._settings import StudySettings
+from vtune.study._storage import make_storage, wait_for_running
+from vtune.study._study import prepare_study, run_study, run_worker
 
 # ------------------------------------------------------------------ the fake
 _BARRIER: threading.Barrier | None = None  # in-process tests: the first trials wait for each other
@@ -154,7 +149,7 @@ def test_default_concurrency_fills_the_node_with_the_smallest_layout(plenty_of_m
 def test_cpu_engine_default_is_capped_by_available_memory(monkeypatch):
     import psutil
 
-    from vtune.study._study import cpu_trial_memory_gib
+    from vtune.study._packing import cpu_trial_memory_gib
 
     settings = make_settings(Path("/tmp"), target=Target(device="cpu", cpu_cores=tuple(range(8))))
     per_trial = cpu_trial_memory_gib(settings)

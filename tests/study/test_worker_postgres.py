@@ -139,7 +139,7 @@ def worker_main(name: str, url: str, studies_dir: str, barrier_dir: str, expect:
 def load(url: str, name: str):
     import optuna
 
-    from vtune.study._study import make_storage
+    from vtune.study._storage import make_storage
 
     return optuna.load_study(study_name=name, storage=make_storage(url, heartbeat=False))
 

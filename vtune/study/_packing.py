@@ -20,9 +20,7 @@ fragmentation leaves no aligned block with room, any free units are used (the
 units in the most-used blocks first): a trial never waits while enough units are
 free.
 
-:func:`worker_job_script` writes the Slurm or PBS job script behind
-``vtune submit``: an array of ``vtune worker`` processes, one per node, joining a
-study on a shared PostgreSQL storage.
+:func:`default_concurrency` fills the node with the smallest layout the space can sample.
 """
 
 from __future__ import annotations
@@ -34,9 +32,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from vtune._errors import VtuneError
+from vtune._memory import parameter_count
+from vtune._model_shape import load_model_shape
+from vtune._space import parse_layout
 from vtune._target import Target
+from vtune.study._settings import StudySettings
 
-__all__ = ["ResourcePool", "pick_positions", "walltime_hms", "worker_job_script"]
+__all__ = [
+    "CPU_TRIAL_OVERHEAD_GIB", "ResourcePool", "cpu_trial_memory_gib", "default_concurrency", "layout_sizes",
+    "pick_positions",
+]
 
 
 def _pow2_at_least(n: int) -> int:
@@ -45,10 +50,8 @@ def _pow2_at_least(n: int) -> int:
         size *= 2
     return size
 
-
 def _free_in(free: set[int], start: int, size: int, total: int) -> int:
     return sum(1 for p in range(start, min(start + size, total)) if p in free)
-
 
 def _enclosing_free(free: set[int], position: int, size: int, top: int, total: int) -> tuple[int, ...]:
     """Free units in the aligned blocks of ``size``, ``2 * size`` ... ``top`` holding ``position``."""
@@ -58,7 +61,6 @@ def _enclosing_free(free: set[int], position: int, size: int, top: int, total: i
         counts.append(_free_in(free, start, size, total))
         size *= 2
     return tuple(counts)
-
 
 def pick_positions(n: int, free: set[int], total: int) -> list[int] | None:
     """Chooses ``n`` of the free positions ``0 .. total - 1`` (best fit on aligned blocks).
@@ -98,7 +100,6 @@ def pick_positions(n: int, free: set[int], total: int) -> list[int] | None:
             return sorted(chosen)
         size *= 2
     return None  # not reached: the block covering everything holds every free unit
-
 
 class ResourcePool:
     """The GPUs (or CPU cores) of one node, leased to concurrent trials; thread-safe.
@@ -207,123 +208,59 @@ class ResourcePool:
         finally:
             self.release(units)
 
-
-# ------------------------------------------------------------ cluster jobs
-_SCHEDULERS = ("slurm", "pbs")
-
-
-def walltime_hms(text: str) -> str:
-    """``HH:MM:SS`` from ``HH:MM:SS``, ``90m``, ``4h`` or seconds.
-
-    Raises:
-        VtuneError: Not a duration.
-    """
-    t = text.strip()
-    if ":" in t:
-        parts = t.split(":")
-        if len(parts) == 3 and all(p.isdigit() for p in parts):
-            h, m, s = (int(p) for p in parts)
-            if m < 60 and s < 60 and h + m + s > 0:
-                return f"{h:02d}:{m:02d}:{s:02d}"
-        raise VtuneError(f"--walltime {text}: write HH:MM:SS, or a number with s/m/h (e.g. 4h)")
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        seconds = float(t[:-1]) * units[t[-1].lower()] if t[-1:].lower() in units else float(t)
-    except (ValueError, IndexError):
-        raise VtuneError(f"--walltime {text}: write HH:MM:SS, or a number with s/m/h (e.g. 4h)") from None
-    if seconds <= 0:
-        raise VtuneError(f"--walltime must be > 0, got {text}")
-    total = int(round(seconds))
-    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
-
-
-def worker_job_script(
-    scheduler: str,
-    *,
-    study: str,
-    storage_url: str,
-    workers: int,
-    gpus_per_worker: int,
-    cpus_per_worker: int,
-    walltime: str,
-    workdir: str,
-    python: str,
-    log_dir: str,
-    queue: str | None = None,
-    account: str | None = None,
-    max_concurrent_trials: int | None = None,
-) -> str:
-    """A Slurm or PBS job script starting ``workers`` ``vtune worker`` processes, one per array task.
-
-    Each array task is one worker on one node with ``gpus_per_worker`` GPUs (0:
-    the CPU engine) and ``cpus_per_worker`` cores. The worker is given the GPUs
-    the scheduler assigned (``CUDA_VISIBLE_DEVICES`` as ``--gpus``, when it lists
-    indices), so that it never touches another job's GPUs.
-
-    Args:
-        scheduler: ``slurm`` or ``pbs`` (PBS Pro: ``select``/``ngpus``, arrays with ``-J``).
-        study: The study name.
-        storage_url: Its shared storage (PostgreSQL).
-        workers: Array tasks (workers).
-        gpus_per_worker: GPUs per worker.
-        cpus_per_worker: CPU cores per worker.
-        walltime: ``HH:MM:SS``.
-        workdir: Folder each worker runs in (its ``studies/`` goes there).
-        python: The Python that has vtune installed.
-        log_dir: Folder for the jobs' output files.
-        queue: Slurm partition or PBS queue.
-        account: Account/project to charge.
-        max_concurrent_trials: Passed on to each worker (None: the worker fills its node).
-
-    Raises:
-        VtuneError: An unknown scheduler or counts out of range.
-    """
-    import shlex
-
-    if scheduler not in _SCHEDULERS:
-        raise VtuneError(f"--scheduler {scheduler}: use one of {', '.join(_SCHEDULERS)}")
-    if workers < 1:
-        raise VtuneError(f"--workers must be >= 1, got {workers}")
-    if gpus_per_worker < 0 or cpus_per_worker < 1:
-        raise VtuneError(f"--gpus-per-worker must be >= 0 and --cpus-per-worker >= 1, got "
-                         f"{gpus_per_worker} and {cpus_per_worker}")
-    q = shlex.quote
-    name = "vtune-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in study)[:40]
-    lines = ["#!/bin/bash"]
-    if scheduler == "slurm":
-        lines += [f"#SBATCH --job-name={name}", f"#SBATCH --array=0-{workers - 1}", "#SBATCH --nodes=1",
-                  "#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={cpus_per_worker}", f"#SBATCH --time={walltime}",
-                  f"#SBATCH --output={log_dir}/{name}-%A_%a.out"]
-        if gpus_per_worker:
-            lines.append(f"#SBATCH --gpus-per-task={gpus_per_worker}")
-        if queue:
-            lines.append(f"#SBATCH --partition={queue}")
-        if account:
-            lines.append(f"#SBATCH --account={account}")
-        task = "${SLURM_ARRAY_TASK_ID:-0}"
+def layout_sizes(settings: StudySettings) -> list[int]:
+    """Units (GPUs, or CPU-engine ranks) each parallel layout the study can sample takes."""
+    dim = settings.space.get("parallel_layout")
+    if dim is not None and dim.enabled and dim.fixed is not None:
+        names = [str(dim.fixed)]
+    elif dim is not None and dim.active and dim.choices:
+        names = [str(c) for c in dim.choices]
     else:
-        select = f"select=1:ncpus={cpus_per_worker}" + (f":ngpus={gpus_per_worker}" if gpus_per_worker else "")
-        lines += [f"#PBS -N {name}", f"#PBS -l {select}", f"#PBS -l walltime={walltime}", "#PBS -j oe",
-                  f"#PBS -o {log_dir}/"]
-        if workers > 1:
-            lines.append(f"#PBS -J 0-{workers - 1}")
-        if queue:
-            lines.append(f"#PBS -q {queue}")
-        if account:
-            lines.append(f"#PBS -A {account}")
-        task = "${PBS_ARRAY_INDEX:-0}"
-    cmd = [python, "-m", "vtune", "worker", "--study", study, "--storage", storage_url]
-    if max_concurrent_trials is not None:
-        cmd += ["--max-concurrent-trials", str(max_concurrent_trials)]
-    lines += [
-        f"# {workers} vtune worker(s) of study {study}: one per array task, {gpus_per_worker} GPU(s) each.",
-        "# Written by `vtune submit`; the storage URL is below, so keep this file private (mode 0700).",
-        "set -euo pipefail",
-        f"cd {q(workdir)}",
-        f'echo "vtune worker {task} of {workers} on $(hostname), GPUs ${{CUDA_VISIBLE_DEVICES:-none}}"',
-        "gpus=()",
-        "# The GPUs the scheduler gave this task (indices only: a UUID list is left to the worker's own discovery).",
-        'if [[ "${CUDA_VISIBLE_DEVICES:-}" =~ ^[0-9]+(,[0-9]+)*$ ]]; then gpus=(--gpus "$CUDA_VISIBLE_DEVICES"); fi',
-        "exec " + " ".join(q(c) for c in cmd) + ' ${gpus[@]+"${gpus[@]}"}',
-    ]
-    return "\n".join(lines) + "\n"
+        return [settings.base.num_gpus]
+    sizes = []
+    for name in names:
+        tp, pp, dp = parse_layout(name)
+        sizes.append(tp * pp * dp)
+    return sizes
+
+def default_concurrency(settings: StudySettings) -> int:
+    """Trials at once that fill the node: units // the smallest layout's size (at least 1).
+
+    Units are the GPUs on a GPU target and the cores on the CPU engine (one per
+    rank). A space whose layouts all take the whole node (the default GPU space:
+    every layout uses every GPU) gives 1.
+
+    On the CPU engine every trial also holds its KV cache space and the model
+    in host memory, so there the count is also capped by the memory available
+    now: one trial per :func:`cpu_trial_memory_gib` (a 64-core box does not start
+    64 engines with 4 GiB of KV cache each on 128 GiB).
+    """
+    units = settings.target.num_gpus if settings.target.device == "gpu" else len(settings.target.cpu_cores)
+    smallest = max(1, min(layout_sizes(settings)))
+    k = max(1, units // smallest)
+    if settings.target.device == "cpu":
+        import psutil
+
+        available_gib = psutil.virtual_memory().available / 2**30
+        k = min(k, max(1, int(available_gib // cpu_trial_memory_gib(settings))))
+    return k
+
+#: Host memory (GiB) a CPU-engine trial takes besides its KV cache: API server, engine core, GuideLLM.
+CPU_TRIAL_OVERHEAD_GIB = 2.5
+
+def cpu_trial_memory_gib(settings: StudySettings) -> float:
+    """Most host memory one CPU-engine trial of the study may take: largest KV space + weights + overhead."""
+    from vtune._target import CPU_DEFAULT_KV_SPACE_GIB
+
+    dim = settings.space.get("VLLM_CPU_KVCACHE_SPACE")
+    if dim is not None and dim.enabled and dim.fixed is not None:
+        kv = float(dim.fixed)
+    elif dim is not None and dim.active:
+        kv = float(max(dim.choices or [0])) if dim.kind == "categorical" else float(dim.high or 0)
+    else:
+        kv = float(settings.base.env.get("VLLM_CPU_KVCACHE_SPACE") or CPU_DEFAULT_KV_SPACE_GIB)
+    try:
+        weights = parameter_count(load_model_shape(settings.model)) * 4 / 2**30  # float32 at most
+    except Exception:
+        weights = 0.0
+    return kv + weights + CPU_TRIAL_OVERHEAD_GIB

@@ -1,0 +1,391 @@
+"""The runner: the objective function of the study (one call = one trial).
+
+Each trial: sample -> pre-launch checks (PRUNED at zero launches) -> lease of GPUs/cores ->
+real engine and load in steps, each step reported to the pruner -> result, SLO constraints,
+artifacts under ``studies/<name>/trials/<n>/``; every real start calibrates the memory model.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from vtune._errors import VtuneError
+from vtune._memory import Calibration, estimate_memory
+from vtune._model_shape import ModelShape
+from vtune._objectives import Objective, objective_summary, slo_constraints
+from vtune._serve_config import ServeConfig
+from vtune._space import layout_name
+from vtune._trial import TrialRecord, run_trial
+from vtune.study._settings import StudySettings
+from vtune.study._storage import _worker_id
+
+__all__ = [
+    "GPU_MEMORY_TOLERANCE_MIB", "GPU_MEMORY_WAIT_S", "GpuMemoryNotBack", "REUSE_AFTER", "STRICT_SEQS_FACTOR",
+    "TrialFailed", "config_problem", "count_done", "count_started", "elapsed_s",
+]
+
+
+#: max-num-seqs above this multiple of the predicted KV concurrency is pruned with --strict-memory.
+STRICT_SEQS_FACTOR = 2.0
+
+class TrialFailed(Exception):
+    """A trial whose engine or load failed (recorded as FAIL, the study goes on)."""
+
+class GpuMemoryNotBack(VtuneError):
+    """A trial's GPUs did not return to their idle memory: the study stops with this message."""
+
+#: A configuration measured this many times is not launched again: its trials reuse the mean.
+REUSE_AFTER = 2
+
+#: How long a finished trial waits for its GPUs' memory to come back before the study stops.
+GPU_MEMORY_WAIT_S = 120.0
+
+#: Used memory above the level before the engine started that still counts as back.
+GPU_MEMORY_TOLERANCE_MIB = 256
+
+def config_problem(cfg: ServeConfig) -> str | None:
+    """A combination vLLM rejects at startup, found without launching."""
+    if cfg.max_num_batched_tokens is not None and cfg.max_num_seqs is not None:
+        if cfg.max_num_batched_tokens < cfg.max_num_seqs:
+            return (f"max-num-batched-tokens {cfg.max_num_batched_tokens} < max-num-seqs {cfg.max_num_seqs} "
+                    "(vLLM requires batched tokens >= seqs)")
+    if (cfg.enable_chunked_prefill is False and cfg.max_num_batched_tokens is not None
+            and cfg.max_model_len is not None and cfg.max_num_batched_tokens < cfg.max_model_len):
+        return (f"without chunked prefill max-num-batched-tokens {cfg.max_num_batched_tokens} must be >= "
+                f"max-model-len {cfg.max_model_len}")
+    return None
+
+class _Progress:
+    """One live line per trial and a study-level bar, on stderr."""
+
+    def __init__(self, total: int, objectives: list[Objective], quiet: bool = False) -> None:
+        self.total = total
+        self.objectives = objectives
+        self.quiet = quiet
+        self.best = ""
+
+    def line(self, done: int, number: int, what: str, phase: str, elapsed_s: float) -> None:
+        if self.quiet:
+            return
+        width = 20
+        filled = int(width * min(done, self.total) / max(1, self.total))
+        bar = "#" * filled + "-" * (width - filled)
+        best = f" | best {self.best}" if self.best else ""
+        print(f"[{bar}] {done}/{self.total} trial {number} {what}: {phase} {elapsed_s:.0f}s{best}",
+              file=sys.stderr, flush=True)
+
+#: The pluggable measurement: same signature and result as :func:`vtune._trial.run_trial`.
+#: A study normally launches real engines; a replay of a recorded landscape passes a
+#: function that looks the configuration up instead, and the rest of the study is unchanged.
+TrialFn = Any
+
+class _Runner:
+    """The objective function of the study (one call = one trial)."""
+
+    def __init__(self, settings: StudySettings, shape: ModelShape, study: optuna.Study, progress: _Progress,
+                 gpu_allocator: Any = None, trial_fn: TrialFn = run_trial, cores_per_rank: int = 1) -> None:
+        self.s = settings
+        self.shape = shape
+        self.study = study
+        self.progress = progress
+        self.alloc = gpu_allocator  # a ResourcePool when trials run at once, else None
+        self.trial_fn = trial_fn
+        self.cores_per_rank = max(1, cores_per_rank)
+        self.cache_dir = settings.study_dir / "cache"
+        self._lock = threading.Lock()
+        #: Set on Ctrl-C while trials run in threads: no new engine starts, failures read "interrupted".
+        self.interrupted = threading.Event()
+        self._in_flight = 0
+
+    # -- calibration lives in the study, shared with workers
+    def calibration(self) -> Calibration:
+        data = self.study.user_attrs.get("calibration")
+        return Calibration.from_dict(data) if data else Calibration()
+
+    def _save_calibration(self, cal: Calibration) -> None:
+        self.study.set_user_attr("calibration", cal.to_dict())
+
+    # -- resources: GPUs, or CPU cores on the CPU engine
+    def units_needed(self, cfg: ServeConfig) -> int:
+        """GPUs (TP x PP x DP), or CPU cores (that many ranks x cores per rank), a config takes."""
+        return cfg.num_gpus * (1 if self.s.target.device == "gpu" else self.cores_per_rank)
+
+    def resource_problem(self, cfg: ServeConfig) -> str | None:
+        """Why this node can never run ``cfg`` (None: it can)."""
+        target = self.s.target
+        n = self.units_needed(cfg)
+        have = target.num_gpus if target.device == "gpu" else len(target.cpu_cores)
+        if n <= have:
+            return None
+        what = "GPU" if target.device == "gpu" else "CPU core"
+        layout = layout_name(cfg.tp, cfg.pp, cfg.dp)
+        return f"{layout} needs {n} {what}s but this node (pid {os.getpid()} on {socket.gethostname()}) has {have}"
+
+    def lease(self, cfg: ServeConfig, on_wait: Any = None) -> tuple[list[int] | None, list[int] | None,
+                                                                      list[int] | None]:
+        """``(gpus, cpu_cores, lease)`` for a trial of ``cfg``; blocks while the units are busy.
+
+        Without a pool (one trial at a time) a GPU trial takes the first GPUs and a
+        CPU trial the whole machine (no pinning); ``lease`` is then None.
+
+        Args:
+            cfg: The configuration.
+            on_wait: Called once before blocking, when the units are not free now.
+        """
+        n = self.units_needed(cfg)
+        if self.alloc is None:
+            gpus = list(self.s.target.gpus[:n]) if self.s.target.device == "gpu" else None
+            return gpus, None, None
+        try:
+            units = self.alloc.acquire(n, timeout_s=0)
+        except TimeoutError:
+            if on_wait is not None:
+                on_wait()
+            units = self.alloc.acquire(n)
+        if self.s.target.device == "gpu":
+            return list(units), None, units
+        return None, list(units), units
+
+    def release(self, lease: list[int] | None) -> None:
+        """Gives a lease back (no-op for None)."""
+        if lease is not None and self.alloc is not None:
+            self.alloc.release(lease)
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            return self._run(trial)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Waits until no trial of this process is in flight; False if ``timeout_s`` passed first."""
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return not self._in_flight
+
+    def _run(self, trial: optuna.Trial) -> Any:
+        t0 = time.monotonic()
+        s = self.s
+        trial.set_user_attr("worker", _worker_id())
+        cfg = s.space.sample(trial, s.base)
+        baseline = trial.user_attrs.get("baseline")
+        if baseline and trial.user_attrs.get("baseline_config"):
+            cfg = ServeConfig.from_dict(trial.user_attrs["baseline_config"]).replace(model=s.model)
+        trial.set_user_attr("config", cfg.to_dict())
+        trial.set_user_attr("flags", cfg.to_flags_line())
+        what = baseline or " ".join(f"{k}={v}" for k, v in trial.params.items())
+        done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                  TrialState.FAIL)))
+        reused = self._reuse(trial, cfg)
+        if reused is not None:
+            self.progress.line(done + 1, trial.number, what, "reused: this configuration was measured "
+                               f"{len(trial.user_attrs['reused_from'])} times already", 0)
+            return reused
+        problem = config_problem(cfg)
+        if problem:
+            trial.set_user_attr("pruned_by", "invalid_config")
+            trial.set_user_attr("reason", problem)
+            self.progress.line(done, trial.number, what, f"pruned ({problem})", 0)
+            raise optuna.TrialPruned(problem)
+        too_big = self.resource_problem(cfg)
+        if too_big:
+            trial.set_user_attr("pruned_by", "resources")
+            trial.set_user_attr("reason", too_big)
+            self.progress.line(done, trial.number, what, f"pruned before launch ({too_big})", 0)
+            raise optuna.TrialPruned(too_big)
+        cal = self.calibration()
+        est = estimate_memory(self.shape, cfg, s.target.gpu, device=s.target.device, calibration=cal,
+                              num_gpus=s.target.num_gpus or None)
+        trial.set_user_attr("prediction", est.to_dict())
+        reason = est.reason if not est.fits else None
+        if reason is None and s.strict_memory and est.max_num_seqs > STRICT_SEQS_FACTOR * est.max_concurrency:
+            reason = (f"max-num-seqs {est.max_num_seqs} is more than {STRICT_SEQS_FACTOR:g}x the "
+                      f"{est.max_concurrency:.2f} requests the KV cache holds (--strict-memory)")
+        if reason:
+            trial.set_user_attr("pruned_by", "memory_model")
+            trial.set_user_attr("reason", reason)
+            self.progress.line(done, trial.number, what, f"pruned before launch ({reason})", 0)
+            raise optuna.TrialPruned(reason)
+
+        run_dir = s.study_dir / "trials" / str(trial.number)
+        single = len(s.objectives) == 1
+        objective = s.objectives[0]
+        steps_total = s.workload.steps
+        step_s = (s.duration_s or s.workload.duration_s) / steps_total
+        pruned_at: list[int] = []
+
+        def on_step(index: int, cumulative: Any) -> bool:
+            if not single:
+                return True
+            trial.report(objective.value(cumulative), index)
+            if trial.should_prune() and index < steps_total - 1:
+                pruned_at.append(index)
+                return False
+            return True
+
+        def on_launch(server: Any) -> None:
+            trial.set_user_attr("engine", {"pid": server.pid, "pgid": server.pgid, **_worker_id()})
+
+        def on_phase(phase: str) -> None:
+            self.progress.line(done, trial.number, what, phase, time.monotonic() - t0)
+
+        gpus, cores, lease = self.lease(cfg, on_wait=lambda: on_phase(
+            "waiting for free " + ("GPUs" if s.target.device == "gpu" else "CPU cores")))
+        trial.set_user_attr("gpus", gpus)
+        trial.set_user_attr("cpu_cores", cores)
+        trial.set_user_attr("lease", {"device": s.target.device, "units": lease, **_worker_id()}
+                            if lease is not None else None)
+        if self.interrupted.is_set():
+            self.release(lease)
+            trial.set_user_attr("failure", _interrupted_failure("before its engine started"))
+            raise TrialFailed("interrupted before launch")
+        extra: dict[str, Any] = {"cpu_cores": cores} if cores is not None else {}
+        try:
+            rec = self.trial_fn(cfg, s.workload, run_dir, gpus=gpus, duration_s=s.duration_s,
+                                cache_dir=self.cache_dir, on_step=on_step, on_phase=on_phase, on_launch=on_launch,
+                                **extra)
+            if gpus and rec.teardown.get("gpu_memory_back") is False:
+                self._wait_for_gpu_memory(trial, rec, gpus, on_phase)
+        finally:
+            self.release(lease)
+        self._record(trial, rec, est)
+        if self.interrupted.is_set() and rec.failure is not None:
+            trial.set_user_attr("failure", _interrupted_failure("while it ran; its engine was stopped",
+                                                                rec.failure.to_dict()))
+        if rec.startup is not None and s.target.device == "gpu":
+            with self._lock:  # trials finishing at once in this process must not drop an observation
+                self._save_calibration(self.calibration().observe(est, rec.startup.to_dict()))
+        if rec.failure is not None:
+            self.progress.line(done + 1, trial.number, what, f"FAILED {rec.failure.kind}", time.monotonic() - t0)
+            raise TrialFailed(f"{rec.failure.kind}: {rec.failure.message}")
+        assert rec.result is not None
+        for key, value in slo_constraints(rec.result, s.workload.slo).items():
+            trial.set_constraint(key, value)
+        values = [o.value(rec.result) for o in s.objectives]
+        if pruned_at:
+            saved = (steps_total - 1 - pruned_at[0]) * step_s * max(1, cfg.num_gpus if gpus else 1)
+            trial.set_user_attr("pruned_by", "early_stopping")
+            trial.set_user_attr("gpu_seconds_saved", saved)
+            trial.set_user_attr("reason", f"stopped after step {pruned_at[0] + 1} of {steps_total}: clearly "
+                                          f"worse than the best ({objective_summary(s.objectives, values)})")
+            self.progress.line(done + 1, trial.number, what, "stopped early", time.monotonic() - t0)
+            raise optuna.TrialPruned(trial.user_attrs["reason"])
+        summary = objective_summary(s.objectives, values)
+        self.progress.line(done + 1, trial.number, what, f"done: {summary}", time.monotonic() - t0)
+        return values[0] if single else values
+
+    def _reuse(self, trial: optuna.Trial, cfg: ServeConfig) -> Any:
+        """The mean result of a configuration already measured :data:`REUSE_AFTER` times, else None.
+
+        TPE proposes a promising configuration again and again; the second
+        measurement is worth its launch (it shows the noise and confirms the
+        best), later ones are not: the trial then costs no launch and takes the
+        mean of the earlier measurements (and their mean SLO constraints).
+        """
+        key = cfg.to_flags_line()
+        same = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("flags") == key and t.values and not t.user_attrs.get("reused_from")]
+        if len(same) < REUSE_AFTER:
+            return None
+        trial.set_user_attr("reused_from", [t.number for t in same])
+        for name in same[-1].constraints:
+            values = [t.constraints.get(name, 0.0) for t in same]
+            trial.set_constraint(name, sum(values) / len(values))
+        means = [sum(float(t.values[i]) for t in same) / len(same) for i in range(len(same[0].values))]
+        return means[0] if len(means) == 1 else means
+
+    def _wait_for_gpu_memory(self, trial: optuna.Trial, rec: TrialRecord, gpus: list[int], on_phase: Any) -> None:
+        """Holds the trial's GPUs until their memory is back to its level before the engine started.
+
+        Raises:
+            GpuMemoryNotBack: Still not back after :data:`GPU_MEMORY_WAIT_S`; the
+                study stops (resuming later continues it).
+        """
+        from vtune._hardware import gpu_memory_used_bytes
+
+        before = {int(k): int(v) for k, v in (rec.teardown.get("gpu_memory_before_mib") or {}).items()}
+        on_phase("waiting for GPU memory to come back")
+        t0 = time.monotonic()
+        excess: dict[int, int] = {}
+        while True:
+            used = {g: b // (1 << 20) for g, b in gpu_memory_used_bytes(gpus).items()}
+            excess = {g: used[g] - before.get(g, used[g]) for g in used
+                      if used[g] - before.get(g, used[g]) > GPU_MEMORY_TOLERANCE_MIB}
+            if not excess or time.monotonic() - t0 >= GPU_MEMORY_WAIT_S:
+                break
+            time.sleep(2)
+        waited = time.monotonic() - t0
+        trial.set_user_attr("gpu_memory_wait_s", waited)
+        if excess:
+            trial.set_user_attr("gpu_memory_not_back_mib", {str(g): v for g, v in excess.items()})
+            listing = ", ".join(f"GPU {g}: {v:,} MiB" for g, v in sorted(excess.items()))
+            raise GpuMemoryNotBack(
+                f"after trial {trial.number} the GPU memory did not return to its level before the engine started "
+                f"({listing} more after {waited:.0f} s; a process outside vtune's control?); the study stops so "
+                "that no trial runs on a half-full GPU: free that memory (nvidia-smi shows who holds it), then re-run "
+                "the same command to resume"
+            )
+
+    def _record(self, trial: optuna.Trial, rec: TrialRecord, est: Any) -> None:
+        trial.set_user_attr("run_dir", rec.run_dir)
+        trial.set_user_attr("status", rec.status)
+        trial.set_user_attr("failure", rec.failure.to_dict() if rec.failure else None)
+        trial.set_user_attr("startup", rec.startup.to_dict() if rec.startup else None)
+        trial.set_user_attr("result", rec.result.to_dict() if rec.result else None)
+        trial.set_user_attr("metrics", rec.metrics)
+        trial.set_user_attr("teardown", {k: rec.teardown.get(k) for k in ("clean", "port_free", "leftover_pids",
+                                                                           "gpu_memory_back", "stop_s")})
+        trial.set_user_attr("timings", {"engine_start_s": rec.engine_start_s, "load_s": rec.load_s,
+                                        "teardown_s": rec.teardown_s, "total_s": rec.total_s,
+                                        "overhead_s": rec.overhead_s})
+        if rec.startup is not None and rec.startup.kv_cache_tokens and est.kv_cache_tokens:
+            trial.set_user_attr("kv_tokens_error", est.kv_cache_tokens / rec.startup.kv_cache_tokens - 1)
+
+def _interrupted_failure(when: str, engine: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``failure`` user attribute of a trial stopped by Ctrl-C (as :func:`recover_stale_trials` writes)."""
+    return {"kind": "interrupted", "message": f"the study was interrupted (Ctrl-C) {when}",
+            "log_line": (engine or {}).get("log_line"), "exit_code": (engine or {}).get("exit_code"),
+            "engine_failure": engine}
+
+def count_done(study: optuna.Study) -> int:
+    """Trials that count against ``--n-trials``: finished in any way."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+
+def count_started(study: optuna.Study) -> int:
+    """Trials finished or running: what a study's budget has handed out."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                                         TrialState.RUNNING)))
+
+def elapsed_s(study: optuna.Study) -> float:
+    """Wall seconds already spent in finished trials (counts against ``--timeout``).
+
+    Trials that ran at once (packed on one node, or on several workers) count
+    once: this is the length of the union of the trials' intervals.
+    """
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+        if t.datetime_start and t.datetime_complete)
+    total = 0.0
+    cur_start, cur_end = None, None
+    for start, end in spans:
+        if cur_end is None or start > cur_end:
+            if cur_start is not None and cur_end is not None:
+                total += (cur_end - cur_start).total_seconds()
+            cur_start, cur_end = start, end
+        elif end > cur_end:
+            cur_end = end
+    if cur_start is not None and cur_end is not None:
+        total += (cur_end - cur_start).total_seconds()
+    return total

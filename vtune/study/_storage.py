@@ -1,0 +1,278 @@
+"""Storage and heartbeats: Optuna storages with recorded reasons, stale trials, worker identity.
+
+* SQLite at ``studies/<name>.db`` by default, any Optuna storage URL (PostgreSQL for several machines);
+* every running trial sends heartbeats; a trial whose worker was silent for the grace period is
+  failed by the next worker that looks, with ``failure = {"kind": "worker_lost", ...}``;
+* a trial left RUNNING by a dead process of this host is failed on resume and its engine killed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from vtune._errors import VtuneError
+
+__all__ = [
+    "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "default_storage", "make_storage", "recover_stale_trials",
+    "wait_for_running",
+]
+
+
+#: Seconds between a running trial's heartbeats in the storage.
+HEARTBEAT_INTERVAL_S = 20
+
+#: Seconds without a heartbeat after which a RUNNING trial's worker counts as lost.
+GRACE_PERIOD_S = 60
+
+def default_storage(name: str, studies_dir: Path) -> str:
+    """``sqlite:///studies/<name>.db`` (absolute, so the dashboard finds it from anywhere)."""
+    studies_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(studies_dir / f'{name}.db').resolve()}"
+
+class _VtuneRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDBStorage whose heartbeat sweep also records why a trial failed.
+
+    Optuna marks a RUNNING trial whose worker stopped sending heartbeats FAIL
+    (``optuna.storages.fail_stale_trials``, run by every worker before each new
+    trial). Once FAIL a trial's user attributes can no longer be written, so the
+    reason is written here, while the sweep finds the trial and it is still
+    RUNNING: ``failure = {"kind": "worker_lost", ...}``.
+
+    On SQLite it also makes claiming a waiting (enqueued) trial atomic: Optuna
+    relies on ``SELECT ... FOR UPDATE``, which SQLite ignores, so two threads or
+    processes could both start the same enqueued trial. Claims are serialized by
+    a lock (threads) and a lock file next to the database (processes).
+    """
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self._claim_lock = threading.Lock()
+        self._claim_file: str | None = None
+        if url.startswith("sqlite:///") and url.removeprefix("sqlite:///"):
+            self._claim_file = url.removeprefix("sqlite:///") + ".claim-lock"
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = dict(super().__getstate__())
+        state.pop("_claim_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._claim_lock = threading.Lock()
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        if state != TrialState.RUNNING or not self.engine.name == "sqlite":
+            return super().set_trial_state_values(trial_id, state, values)
+        with self._claim_lock:
+            if self._claim_file is None:
+                return super().set_trial_state_values(trial_id, state, values)
+            import fcntl
+
+            with open(self._claim_file, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    return super().set_trial_state_values(trial_id, state, values)
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = list(super()._get_stale_trial_ids(study_id))
+        for trial_id in stale:
+            _note_worker_lost(self, trial_id, self.grace_period or 2 * (self.heartbeat_interval or 0))
+        return stale
+
+def _note_worker_lost(storage: optuna.storages.BaseStorage, trial_id: int, grace_s: float) -> None:
+    """Writes the ``worker_lost`` failure of a trial whose worker stopped sending heartbeats."""
+    try:
+        trial = storage.get_trial(trial_id)
+    except KeyError:
+        return
+    if trial.state != TrialState.RUNNING:
+        return
+    worker = trial.user_attrs.get("worker") or {}
+    who = f"pid {worker.get('pid')} on {worker.get('host')}" if worker else "an unknown worker"
+    engine_stopped = False
+    if worker.get("host") == socket.gethostname() and not _process_alive(worker):
+        engine_stopped = _kill_stale_engine(trial.user_attrs.get("engine") or {})
+    message = (f"worker lost: no heartbeat from the vtune worker ({who}) for more than {grace_s:g} s "
+               f"(killed, crashed or cut off from the storage); marked failed by pid {os.getpid()} on "
+               f"{socket.gethostname()}{' and its engine was stopped' if engine_stopped else ''}")
+    failure = {"kind": "worker_lost", "message": message, "log_line": None, "exit_code": None,
+               "worker": worker, "noticed_by": _worker_id()}
+    try:
+        storage.set_trial_user_attr(trial_id, "failure", failure)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # another worker failed it first (and wrote the reason)
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 means psycopg 3 by it, vtune ships psycopg2."""
+    if not url.startswith("postgresql://"):
+        return url
+    import importlib.util
+
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+def make_storage(url: str, *, heartbeat: bool = True, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
+                 grace_period_s: int = GRACE_PERIOD_S) -> optuna.storages.BaseStorage:
+    """An Optuna storage with heartbeats: dead workers' trials become FAIL, with the reason.
+
+    Args:
+        url: ``sqlite:///path.db``, ``postgresql://...``, ``mysql://...`` or ``journal:/path.log``.
+        heartbeat: Send heartbeats from running trials and fail stale ones (RDB storages only).
+        heartbeat_interval_s: Seconds between heartbeats (whole seconds, as Optuna wants).
+        grace_period_s: Seconds without heartbeat after which a trial's worker is lost;
+            every worker of a study should use the same value.
+
+    Raises:
+        VtuneError: An unknown scheme or a database that cannot be opened.
+    """
+    if url.startswith(("sqlite", "postgresql", "mysql")):
+        kw: dict[str, Any] = {}
+        if heartbeat:
+            if heartbeat_interval_s < 1 or grace_period_s <= heartbeat_interval_s:
+                raise VtuneError(f"heartbeat every {heartbeat_interval_s} s with a grace period of {grace_period_s} s: "
+                                 "use an interval >= 1 s and a longer grace period")
+            kw.update(heartbeat_interval=int(heartbeat_interval_s), grace_period=int(grace_period_s))
+        engine_kwargs = {"pool_pre_ping": True} if url.startswith("postgresql") else {}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return _VtuneRDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, **kw)
+        except Exception as exc:
+            raise VtuneError(f"--storage {url}: cannot open it ({str(exc).splitlines()[0]})") from None
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    raise VtuneError(f"--storage {url}: use sqlite:///path.db, postgresql://user@host/db or journal:/path.log")
+
+# ------------------------------------------------------------------------ trials
+def _worker_id() -> dict[str, Any]:
+    """Who runs here: host, pid and the pid's start time (to tell a reused pid apart)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _process_started(os.getpid())}
+
+def _process_started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except psutil.Error:
+        return None
+
+def _process_alive(worker: dict[str, Any]) -> bool:
+    """Whether the worker process recorded as ``{host, pid, started}`` still runs on this host."""
+    import psutil
+
+    pid = worker.get("pid")
+    if not pid or not psutil.pid_exists(pid):
+        return False
+    started = worker.get("started")
+    if started is not None:
+        now = _process_started(pid)
+        return now is not None and abs(now - float(started)) < 0.05
+    return _is_vtune(pid)
+
+def _is_vtune(pid: int) -> bool:
+    import psutil
+
+    try:
+        return "vtune" in " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+
+# ------------------------------------------------------------------- lifecycle
+def _kill_stale_engine(info: dict[str, Any]) -> bool:
+    """Kills a dead worker's engine group if it is still alive on this host."""
+    import signal
+
+    import psutil
+
+    if not info or info.get("host") != socket.gethostname():
+        return False
+    pgid = info.get("pgid")
+    if not pgid:
+        return False
+    members = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getpgid(p.pid) == pgid:
+                members.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    if not members:
+        return False
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return True
+        _, alive = psutil.wait_procs(members, timeout=10)
+        if not alive:
+            return True
+    return True
+
+def recover_stale_trials(study: optuna.Study) -> list[int]:
+    """Marks trials left RUNNING by a dead process on this host as FAIL, with the reason.
+
+    A trial is stale when its worker process (recorded as host and pid) is gone;
+    trials of other hosts are left to Optuna's heartbeat. The engine such a
+    trial left behind is killed.
+    """
+    marked = []
+    here = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker") or {}
+        if worker.get("host") != here:
+            continue
+        pid = worker.get("pid")
+        if pid == os.getpid() or _process_alive(worker):
+            continue
+        killed = _kill_stale_engine(t.user_attrs.get("engine") or {})
+        reason = (f"interrupted: the vtune process (pid {pid} on {here}) died while this trial ran; "
+                  f"marked failed on resume{' and its engine was stopped' if killed else ''}")
+        storage = study._storage
+        storage.set_trial_user_attr(t._trial_id, "failure", {"kind": "interrupted", "message": reason,
+                                                             "log_line": None, "exit_code": None})
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        marked.append(t.number)
+    return marked
+
+def wait_for_running(study: optuna.Study, *, quiet: bool = False, poll_s: float | None = None) -> None:
+    """Waits until no trial of the study runs anywhere; fails those of lost workers meanwhile.
+
+    Without heartbeats (a journal storage) only trials left by dead processes of
+    this host are failed, and trials of other hosts are not waited for.
+    """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        recover_stale_trials(study)
+        return
+    interval = float(storage.get_heartbeat_interval() or 1)  # type: ignore[attr-defined]
+    poll = poll_s if poll_s is not None else min(5.0, interval)
+    announced: set[int] = set()
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return
+        numbers = {t.number for t in running}
+        if not quiet and not numbers <= announced:
+            print(f"waiting for trial(s) {sorted(numbers)} running on other workers", file=sys.stderr, flush=True)
+            announced |= numbers
+        time.sleep(poll)
