@@ -194,3 +194,16 @@ def test_json_schema_describes_every_field() -> None:
         for name, prop in model["properties"].items():
             assert prop.get("description"), name
     assert set(SpaceFile.model_fields) == {"schema_version", "dimensions"}
+
+
+def test_json_schema_accepts_what_vtune_accepts() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from vtune._space import space_json_schema
+
+    validator = jsonschema.Draft202012Validator(space_json_schema())
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## Search-space files", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    validator.validate(yaml.safe_load(block))
+    validator.validate({"dimensions": {"max_num_seqs": 64, "dtype": "float32", "enforce_eager": True}})
+    assert not validator.is_valid({"dimensions": {"max_num_seqs": {"lo": 1}}})
+    assert not validator.is_valid({"dimenions": {}})

@@ -176,12 +176,8 @@ def error_line(exc: ValidationError, source: str, model: type[BaseModel], *, mis
     return VtuneError(f"{source}: field '{path}' {problem}; {how}")
 
 
-def json_schema(model: type[BaseModel], *, title: str, schema_id: str | None = None) -> dict[str, Any]:
+def json_schema(model: type[BaseModel], *, title: str) -> dict[str, Any]:
     """The JSON schema of a file model, with the dialect (``$schema``) and a title."""
-    schema = model.model_json_schema()
-    out: dict[str, Any] = {"$schema": JSON_SCHEMA_DIALECT}
-    if schema_id:
-        out["$id"] = schema_id
-    out.update(schema)
+    out: dict[str, Any] = {"$schema": JSON_SCHEMA_DIALECT, **model.model_json_schema()}
     out["title"] = title
     return out

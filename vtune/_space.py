@@ -311,7 +311,13 @@ class SpaceFile(FileModel):
 
 def space_json_schema() -> dict[str, Any]:
     """The JSON schema of a search-space YAML file (``vtune schema space``)."""
-    return json_schema(SpaceFile, title="vtune search-space file")
+    schema = json_schema(SpaceFile, title="vtune search-space file")
+    # A bare value fixes a dimension (DimensionSpec's before-validator): the schema says so too.
+    schema["properties"]["dimensions"]["additionalProperties"] = {"anyOf": [
+        {"$ref": "#/$defs/DimensionSpec"},
+        {"type": ["number", "string", "boolean", "null"], "description": "A fixed value."},
+    ]}
+    return schema
 
 
 def apply_values(base: ServeConfig, values: dict[str, Any]) -> ServeConfig:
