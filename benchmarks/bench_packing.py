@@ -6,7 +6,7 @@ model, GuideLLM load) twice, the way a study runs them:
 * one at a time: each trial has the whole machine (no pinning), as
   ``vtune study --max-concurrent-trials 1`` does;
 * packed: trials run in threads that lease cores from a
-  :class:`vtune.study._scheduler.ResourcePool` (one core per engine rank), as the
+  :class:`vtune.study._packing.ResourcePool` (one core per engine rank), as the
   default ``vtune study`` does on the CPU engine, two at once here.
 
 It prints both wall times, the speed-up, and per trial the engine start, load and

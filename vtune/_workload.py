@@ -28,6 +28,11 @@ A workload is a YAML file (``schema_version: 1``) with these fields:
     A ``.jsonl`` file of real prompts (relative to the YAML file), one JSON object a
     line with ``prompt`` and optional ``output_tokens``; it replaces synthetic prompts.
 
+The file is validated by the pydantic model :class:`WorkloadFile` (unknown fields are
+errors; ``vtune schema workload`` prints its JSON schema); an error is one line naming
+the file and the field. The rest of vtune uses the frozen dataclasses built from it
+(:class:`Workload`, :class:`LoadProfile`, :class:`Slo`, ...).
+
 :func:`load_workload` also takes a ``.jsonl`` file directly: its prompts run under the
 ``chatbot`` workload's load, timing and objectives.
 """
@@ -37,15 +42,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from vtune._errors import VtuneError
+from vtune._file_model import FileModel, Integer, Number, error_line, field_error, json_schema
 
 __all__ = [
     "DEFAULT_WORKLOAD",
@@ -57,40 +65,22 @@ __all__ = [
     "SloTarget",
     "TokenDistribution",
     "Workload",
+    "WorkloadFile",
     "builtin_workload_dirs",
     "list_workloads",
     "load_workload",
     "read_prompts_jsonl",
+    "workload_json_schema",
 ]
 
 #: Version of the workload file layout this module reads and writes.
 SCHEMA_VERSION = 1
+#: A load kind: a GuideLLM profile of the same name.
+LoadKind = Literal["concurrent", "sweep", "constant", "poisson", "throughput", "synchronous"]
 #: Load kinds a workload may name (GuideLLM profiles of the same names).
-LOAD_KINDS = ("concurrent", "sweep", "constant", "poisson", "throughput", "synchronous")
+LOAD_KINDS: tuple[str, ...] = typing.get_args(LoadKind)
 #: Built-in workload used for a bare ``.jsonl`` dataset and as the default.
 DEFAULT_WORKLOAD = "chatbot"
-
-_TOP_FIELDS = {
-    "schema_version",
-    "name",
-    "description",
-    "prompt_tokens",
-    "output_tokens",
-    "load",
-    "duration_s",
-    "warmup_s",
-    "steps",
-    "max_model_len_hint",
-    "slo",
-    "dataset",
-}
-_REQUIRED_TOP = _TOP_FIELDS - {"dataset", "warmup_s"}
-_DIST_FIELDS = ("mean", "stdev", "min", "max")
-_LOAD_FIELDS = {"kind", "streams", "rate_per_s"}
-_SLO_FIELDS = {"ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"}
-_SLO_REQUIRED = ("ttft_ms", "itl_ms")
-_TARGET_FIELDS = {"percentile", "max_ms"}
-
 
 @dataclass(frozen=True)
 class TokenDistribution:
@@ -286,175 +276,176 @@ class Workload:
 
 
 # ---------------------------------------------------------------------------------
-# Validation
+# Validation: the file's pydantic model (its JSON schema is `vtune schema workload`)
+
+_SEE = "see configs/workloads/chatbot.yaml"
+_FIX = "fix the workload file"
 
 
-def _fail(source: str, field_name: str, problem: str, fix: str) -> VtuneError:
-    return VtuneError(f"{source}: field '{field_name}' {problem}; {fix}")
+class TokenDistributionModel(FileModel):
+    """Token counts of a request, drawn from a normal distribution clipped to [min, max]."""
+
+    mean: Integer = Field(description="Mean tokens; within [min, max].")
+    stdev: Integer = Field(ge=0, description="Standard deviation in tokens (0: every request has `mean`).")
+    min: Integer = Field(ge=1, description="Fewest tokens drawn (at least 1).")
+    max: Integer = Field(description="Most tokens drawn (at least `min`).")
+
+    @model_validator(mode="after")
+    def _in_range(self) -> TokenDistributionModel:
+        if self.max < self.min:
+            raise field_error(f"({self.max}) is below min ({self.min})", "make max >= min", "max")
+        if not self.min <= self.mean <= self.max:
+            raise field_error(f"({self.mean}) is outside [min, max] = [{self.min}, {self.max}]", "fix it", "mean")
+        return self
 
 
-def _number(source: str, data: Mapping[str, Any], key: str, path: str, *, integer: bool) -> Any:
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        kind = "an integer" if integer else "a number"
-        raise _fail(source, path, f"must be {kind}, got {value!r}", "fix the workload file")
-    if integer and not float(value).is_integer():
-        raise _fail(source, path, f"must be an integer, got {value!r}", "fix the workload file")
-    if not math.isfinite(value):
-        raise _fail(source, path, f"must be finite, got {value!r}", "fix the workload file")
-    return int(value) if integer else float(value)
+class LoadProfileModel(FileModel):
+    """How requests are sent: GuideLLM's profile of the same name."""
+
+    kind: LoadKind = Field(
+        description="concurrent: `streams` closed-loop clients; throughput: as fast as possible (`streams` caps "
+                    "concurrency); synchronous: one request at a time; constant/poisson: open loop at "
+                    "`rate_per_s`; sweep: GuideLLM's sweep from synchronous to throughput, one point a step."
+    )
+    streams: Integer | None = Field(
+        default=None, ge=1,
+        description="Concurrent streams for concurrent (required); the concurrency cap for throughput, constant, "
+                    "poisson and sweep; not for synchronous.",
+    )
+    rate_per_s: Number | None = Field(
+        default=None, gt=0, description="Requests per second for constant and poisson (required there only)."
+    )
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> LoadProfileModel:
+        kind = self.kind
+        if self.streams is not None and kind == "synchronous":
+            raise field_error("does not apply to kind synchronous", "remove it", "streams")
+        if self.rate_per_s is not None and kind not in ("constant", "poisson"):
+            raise field_error(f"does not apply to kind {kind}", "remove it or use constant/poisson", "rate_per_s")
+        if kind == "concurrent" and self.streams is None:
+            raise field_error("is required for kind concurrent", "add e.g. 'streams: 8'", "streams")
+        if kind in ("constant", "poisson") and self.rate_per_s is None:
+            raise field_error(f"is required for kind {kind}", "add e.g. 'rate_per_s: 4'", "rate_per_s")
+        return self
 
 
-def _mapping(source: str, value: Any, path: str, allowed: set[str]) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise _fail(source, path, f"must be a mapping, got {value!r}", "fix the workload file")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise _fail(
-            source,
-            f"{path}.{unknown[0]}" if path else unknown[0],
-            "is not a known field",
-            f"use only {', '.join(sorted(allowed))}",
-        )
-    return value
+class SloTargetModel(FileModel):
+    """One objective: the `percentile`-th percentile of the metric is at most `max_ms`."""
+
+    percentile: Number = Field(gt=0, le=100, description="Percentile in (0, 100], e.g. 90.")
+    max_ms: Number = Field(
+        gt=0, description="Limit in milliseconds; also the per-request limit a request meets for goodput."
+    )
 
 
-def _require(source: str, data: Mapping[str, Any], keys: Any, path: str) -> None:
-    for key in keys:
-        if key not in data:
-            full = f"{path}.{key}" if path else key
-            raise _fail(source, full, "is missing", "add it (see configs/workloads/chatbot.yaml)")
+class SloModel(FileModel):
+    """Service level objectives; a trial violating one is infeasible (an Optuna constraint)."""
+
+    ttft_ms: SloTargetModel = Field(description="Time to first token.")
+    itl_ms: SloTargetModel = Field(
+        description="Inter-token latency (per request: its mean gap between tokens after the first)."
+    )
+    tpot_ms: SloTargetModel | None = Field(
+        default=None, description="Time per output token, first token included (optional)."
+    )
+    e2e_ms: SloTargetModel | None = Field(default=None, description="End-to-end request latency (optional).")
 
 
-def _dist(source: str, value: Any, path: str) -> TokenDistribution:
-    data = _mapping(source, value, path, set(_DIST_FIELDS))
-    _require(source, data, _DIST_FIELDS, path)
-    mean, stdev, lo, hi = (_number(source, data, k, f"{path}.{k}", integer=True) for k in _DIST_FIELDS)
-    if lo < 1:
-        raise _fail(source, f"{path}.min", f"must be at least 1, got {lo}", "raise it")
-    if stdev < 0:
-        raise _fail(source, f"{path}.stdev", f"must not be negative, got {stdev}", "use 0 or more")
-    if hi < lo:
-        raise _fail(source, f"{path}.max", f"({hi}) is below min ({lo})", "make max >= min")
-    if not lo <= mean <= hi:
-        raise _fail(source, f"{path}.mean", f"({mean}) is outside [min, max] = [{lo}, {hi}]", "fix it")
-    return TokenDistribution(mean=mean, stdev=stdev, min=lo, max=hi)
+class WorkloadFile(FileModel):
+    """A vtune workload: the load a trial drives through the server, and what counts as good."""
+
+    schema_version: Literal[1] = Field(description="Layout version of this file; this vtune reads 1.")
+    name: str = Field(description="Short name, e.g. chatbot.")
+    description: str = Field(description="What the workload models, for people.")
+    prompt_tokens: TokenDistributionModel = Field(
+        description="Prompt length distribution (synthetic prompts made with the served model's tokenizer)."
+    )
+    output_tokens: TokenDistributionModel = Field(
+        description="Tokens each request asks for (sent with ignore_eos)."
+    )
+    load: LoadProfileModel = Field(description="How requests are sent.")
+    duration_s: Number = Field(gt=0, description="Measured seconds in all, split into `steps` equal steps.")
+    warmup_s: Number | None = Field(
+        default=None, ge=0, description="Unmeasured seconds of load before the first step (default 0)."
+    )
+    steps: Integer = Field(
+        ge=1, description="Measured steps, reported one by one so an optimizer can stop a trial early."
+    )
+    max_model_len_hint: Integer = Field(
+        ge=1, description="Longest request (prompt + output tokens); a server must accept this --max-model-len."
+    )
+    slo: SloModel = Field(description="Service level objectives.")
+    dataset: str | None = Field(
+        default=None,
+        description="A .jsonl file of real prompts (relative to this file), one JSON object a line with `prompt` "
+                    "and optional `output_tokens`; it replaces synthetic prompts.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise field_error("must be a non-empty string", "name the workload")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _whole(self) -> WorkloadFile:
+        if self.load.kind == "sweep" and self.steps < 2:
+            raise field_error("must be at least 2 for kind sweep (one sweep point a step)", "raise it", "steps")
+        if self.duration_s / self.steps < 1.0:
+            raise field_error(f"({self.duration_s}) must give each of the {self.steps} steps at least 1 s",
+                              "raise it", "duration_s")
+        longest = self.prompt_tokens.max + self.output_tokens.max
+        if self.dataset is None and self.max_model_len_hint < longest:
+            raise field_error(f"({self.max_model_len_hint}) is below prompt_tokens.max + output_tokens.max "
+                              f"({longest})", f"set it to at least {longest}", "max_model_len_hint")
+        return self
 
 
-def _load_profile(source: str, value: Any) -> LoadProfile:
-    data = _mapping(source, value, "load", _LOAD_FIELDS)
-    _require(source, data, ("kind",), "load")
-    kind = data["kind"]
-    if kind not in LOAD_KINDS:
-        raise _fail(source, "load.kind", f"is {kind!r}", f"use one of {', '.join(LOAD_KINDS)}")
-    streams = None
-    rate = None
-    if data.get("streams") is not None:
-        streams = _number(source, data, "streams", "load.streams", integer=True)
-        if streams < 1:
-            raise _fail(source, "load.streams", f"must be at least 1, got {streams}", "raise it")
-        if kind == "synchronous":
-            raise _fail(source, "load.streams", "does not apply to kind synchronous", "remove it")
-    if data.get("rate_per_s") is not None:
-        rate = _number(source, data, "rate_per_s", "load.rate_per_s", integer=False)
-        if rate <= 0:
-            raise _fail(source, "load.rate_per_s", f"must be positive, got {rate}", "raise it")
-        if kind not in ("constant", "poisson"):
-            raise _fail(
-                source, "load.rate_per_s", f"does not apply to kind {kind}", "remove it or use constant/poisson"
-            )
-    if kind == "concurrent" and streams is None:
-        raise _fail(source, "load.streams", "is required for kind concurrent", "add e.g. 'streams: 8'")
-    if kind in ("constant", "poisson") and rate is None:
-        raise _fail(source, "load.rate_per_s", f"is required for kind {kind}", "add e.g. 'rate_per_s: 4'")
-    return LoadProfile(kind=kind, streams=streams, rate_per_s=rate)
+def workload_json_schema() -> dict[str, Any]:
+    """The JSON schema of a workload YAML file (``vtune schema workload``)."""
+    return json_schema(WorkloadFile, title="vtune workload file")
 
 
-def _target(source: str, value: Any, path: str) -> SloTarget:
-    data = _mapping(source, value, path, _TARGET_FIELDS)
-    _require(source, data, ("percentile", "max_ms"), path)
-    pct = _number(source, data, "percentile", f"{path}.percentile", integer=False)
-    if not 0 < pct <= 100:
-        raise _fail(source, f"{path}.percentile", f"must be in (0, 100], got {pct}", "use e.g. 90")
-    max_ms = _number(source, data, "max_ms", f"{path}.max_ms", integer=False)
-    if max_ms <= 0:
-        raise _fail(source, f"{path}.max_ms", f"must be positive, got {max_ms}", "fix the workload file")
-    return SloTarget(percentile=pct, max_ms=max_ms)
+def _target(model: SloTargetModel | None) -> SloTarget | None:
+    return None if model is None else SloTarget(percentile=model.percentile, max_ms=model.max_ms)
 
 
-def _slo(source: str, value: Any) -> Slo:
-    data = _mapping(source, value, "slo", _SLO_FIELDS)
-    _require(source, data, _SLO_REQUIRED, "slo")
-    targets = {k: _target(source, v, f"slo.{k}") for k, v in data.items() if v is not None}
-    return Slo(**targets)
+def _dist(model: TokenDistributionModel) -> TokenDistribution:
+    return TokenDistribution(mean=model.mean, stdev=model.stdev, min=model.min, max=model.max)
 
 
 def _parse(data: Any, source: str) -> Workload:
-    data = _mapping(source, data, "", _TOP_FIELDS)
-    _require(source, data, sorted(_REQUIRED_TOP), "")
-    version = data["schema_version"]
-    if version != SCHEMA_VERSION:
-        raise _fail(source, "schema_version", f"is {version!r}, this vtune reads {SCHEMA_VERSION}", "convert the file")
-    name = data["name"]
-    if not isinstance(name, str) or not name.strip():
-        raise _fail(source, "name", "must be a non-empty string", "name the workload")
-    description = data["description"]
-    if not isinstance(description, str):
-        raise _fail(source, "description", "must be a string", "describe the workload")
-    prompt_tokens = _dist(source, data["prompt_tokens"], "prompt_tokens")
-    output_tokens = _dist(source, data["output_tokens"], "output_tokens")
-    load = _load_profile(source, data["load"])
-    duration_s = _number(source, data, "duration_s", "duration_s", integer=False)
-    warmup_s = 0.0
-    if data.get("warmup_s") is not None:
-        warmup_s = _number(source, data, "warmup_s", "warmup_s", integer=False)
-    steps = _number(source, data, "steps", "steps", integer=True)
-    hint = _number(source, data, "max_model_len_hint", "max_model_len_hint", integer=True)
-    if steps < 1:
-        raise _fail(source, "steps", f"must be at least 1, got {steps}", "use 1 or more")
-    if load.kind == "sweep" and steps < 2:
-        raise _fail(source, "steps", "must be at least 2 for kind sweep (one sweep point a step)", "raise it")
-    if duration_s <= 0 or duration_s / steps < 1.0:
-        raise _fail(
-            source, "duration_s", f"({duration_s}) must give each of the {steps} steps at least 1 s", "raise it"
-        )
-    if warmup_s < 0:
-        raise _fail(source, "warmup_s", f"must not be negative, got {warmup_s}", "use 0 or more")
+    try:
+        wf = WorkloadFile.model_validate(data)
+    except ValidationError as exc:
+        raise error_line(exc, source, WorkloadFile, missing_fix=f"add it ({_SEE})", fix=_FIX) from None
     dataset: Path | None = None
     prompts: tuple[PromptRecord, ...] = ()
-    if data.get("dataset") is not None:
-        if not isinstance(data["dataset"], str):
-            raise _fail(source, "dataset", "must be a path string", "give the .jsonl file's path")
-        dataset = Path(data["dataset"]).expanduser()
+    if wf.dataset is not None:
+        dataset = Path(wf.dataset).expanduser()
         if not dataset.is_absolute() and source not in ("<memory>",):
             dataset = Path(source).parent / dataset
         dataset = dataset.resolve()
         prompts = read_prompts_jsonl(dataset)
-    longest = prompt_tokens.max + output_tokens.max
-    if dataset is None and hint < longest:
-        raise _fail(
-            source,
-            "max_model_len_hint",
-            f"({hint}) is below prompt_tokens.max + output_tokens.max ({longest})",
-            f"set it to at least {longest}",
-        )
-    if hint < 1:
-        raise _fail(source, "max_model_len_hint", f"must be positive, got {hint}", "fix the workload file")
+    ttft, itl = _target(wf.slo.ttft_ms), _target(wf.slo.itl_ms)
+    assert ttft is not None and itl is not None  # required fields
     return Workload(
-        name=name.strip(),
-        description=description.strip(),
-        prompt_tokens=prompt_tokens,
-        output_tokens=output_tokens,
-        load=load,
-        duration_s=duration_s,
-        warmup_s=warmup_s,
-        steps=steps,
-        max_model_len_hint=hint,
-        slo=_slo(source, data["slo"]),
+        name=wf.name,
+        description=wf.description.strip(),
+        prompt_tokens=_dist(wf.prompt_tokens),
+        output_tokens=_dist(wf.output_tokens),
+        load=LoadProfile(kind=wf.load.kind, streams=wf.load.streams, rate_per_s=wf.load.rate_per_s),
+        duration_s=wf.duration_s,
+        warmup_s=wf.warmup_s or 0.0,
+        steps=wf.steps,
+        max_model_len_hint=wf.max_model_len_hint,
+        slo=Slo(ttft_ms=ttft, itl_ms=itl, tpot_ms=_target(wf.slo.tpot_ms), e2e_ms=_target(wf.slo.e2e_ms)),
         dataset=dataset,
         prompts=prompts,
         source=source,
-        schema_version=version,
+        schema_version=wf.schema_version,
     )
 
 

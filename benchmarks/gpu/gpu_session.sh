@@ -69,7 +69,7 @@ if [ "$PHASE" = study ]; then
 fi
 
 # final / more: resume the study for FINAL_S more seconds of new trials (its --timeout counts time already spent)
-SPENT=$(python3 -c "import optuna; from vtune.study._study import elapsed_s; print(int(elapsed_s(optuna.load_study(study_name='$STUDY', storage='sqlite:///$S/$STUDY.db'))))")
+SPENT=$(python3 -c "import optuna; from vtune.study import elapsed_s; print(int(elapsed_s(optuna.load_study(study_name='$STUDY', storage='sqlite:///$S/$STUDY.db'))))")
 python3 -m vtune study --study $STUDY --model "$MODEL" "${LOAD[@]}" --gpus 0,1 --n-trials 8 \
     --space benchmarks/gpu/space-8b-2gpu.yaml --remeasure 0 --timeout $((SPENT + FINAL_S)) --seed 7 --report \
     "${COMMON[@]}" -- --load-format dummy > "$OUT/study-$PHASE.out" 2> "$OUT/study-$PHASE.err" &

@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv,noheader
 
 # A. the 8th study trial (at most one more launch: the time budget ends the study after it)
 [ -f "$S/$STUDY.db" ] || cp benchmarks/results/gpu-study-2xh200/study.db "$S/$STUDY.db"
-SPENT=$(python3 -c "import optuna; from vtune.study._study import elapsed_s; print(int(elapsed_s(optuna.load_study(study_name='$STUDY', storage='sqlite:///$S/$STUDY.db'))))")
+SPENT=$(python3 -c "import optuna; from vtune.study import elapsed_s; print(int(elapsed_s(optuna.load_study(study_name='$STUDY', storage='sqlite:///$S/$STUDY.db'))))")
 python3 -m vtune study --study $STUDY --model "$MODEL" --workload chatbot --concurrency 256 --duration-s 12 \
     --gpus 0,1 --n-trials 9 --space benchmarks/gpu/space-8b-2gpu.yaml --remeasure 0 --timeout $((SPENT + 60)) \
     --seed 7 --report --studies-dir "$S" --configs-dir "$W/configs" -- --load-format dummy \

@@ -71,7 +71,11 @@ def _unclean(value: Any) -> float:
 def percentile(values: Sequence[float], pct: float, weights: Sequence[float] | None = None) -> float:
     """Returns the smallest value whose cumulative weight reaches ``pct`` percent.
 
-    This is GuideLLM's rule (inverse of the empirical CDF, no interpolation).
+    This is GuideLLM's rule (inverse of the empirical CDF, no interpolation), with
+    the boundary exact: the cumulative weight is compared with ``pct`` percent of
+    the total in the weights' own units, with a 1e-9 relative tolerance, so p90 of
+    10 values is the 9th (summing 0.1 nine times gives 0.8999..., below 0.9, and
+    would pick the 10th, as GuideLLM's float cumsum does).
 
     Args:
         values: Observations.
@@ -88,10 +92,10 @@ def percentile(values: Sequence[float], pct: float, weights: Sequence[float] | N
     total = sum(x for _, x in pairs)
     if total <= 0:
         return math.nan
-    target = pct / 100.0
+    target = pct / 100.0 * total - 1e-9 * total
     cum = 0.0
     for value, weight in pairs:
-        cum += weight / total
+        cum += weight
         if cum >= target:
             return float(value)
     return float(pairs[-1][0])
