@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -560,3 +561,8 @@ def test_probe_scenario_validates_with_guidellm(tmp_path: Path) -> None:
 def test_recorded_reports_parse() -> None:
     for path in sorted(DATA.glob("goodput-*.json")):
         assert read_guidellm_report(path), path
+
+
+def test_child_imports_this_checkout() -> None:
+    first = probe_mod._probe_child_env()["PYTHONPATH"].split(os.pathsep)[0]
+    assert (Path(first) / "vtune" / "loads" / "_capacity_probe.py").resolve() == Path(probe_mod.__file__).resolve()

@@ -57,6 +57,18 @@ _PROBE_ALLOWANCE_S = 120.0  # per probe beyond its own seconds: drain, workers, 
 _MAX_ERROR_RATE = 0.5  # GuideLLM ends a probe early once half its requests fail
 
 
+def _probe_child_env() -> dict[str, str]:
+    """The load child's environment, with this checkout first on ``PYTHONPATH``.
+
+    (``_guidellm._child_env`` puts ``vtune/`` itself there since the package moved into
+    ``vtune/loads``, so its child imports whatever vtune is installed instead.)
+    """
+    env = _child_env()
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def _child_command(spec_path: Path) -> list[str]:
     """The command line of the probe child (a seam for tests)."""
     return [sys.executable, "-m", "vtune.loads._capacity_probe", str(spec_path)]
@@ -180,7 +192,7 @@ def prepare_capacity_search(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
-            env=_child_env(),
+            env=_probe_child_env(),
             cwd=str(out_dir),
             start_new_session=True,
         )
