@@ -429,7 +429,8 @@ def test_defaults_come_from_the_workload(fake_child: dict[str, Any], tmp_path: P
     res = run_capacity_search("http://127.0.0.1:8000", "m", tokenizer_dir, CHATBOT, out, on_probe=lambda p: False)
     assert _seen(out)["probes"] == [{"index": 0, "streams": CHATBOT.load.streams, "seconds": CHATBOT.step_duration_s,
                                      "warmup_s": CHATBOT.warmup_s}]
-    assert (res.max_streams, res.tolerance, res.slo_rule, res.attainment_target) == (1024, 0.1, "percentile", None)
+    assert (res.max_streams, res.tolerance, res.max_probes) == (1024, 0.1, 15)
+    assert (res.slo_rule, res.attainment_target) == ("percentile", None)
 
 
 def test_attainment_target_reaches_the_verdicts(fake_child: dict[str, Any], tmp_path: Path,

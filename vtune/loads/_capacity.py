@@ -1,6 +1,6 @@
 """Capacity search: the highest load at which a configuration still meets the workload's SLOs.
 
-(One module of about 800 lines: the SLO rule, the probe and result types, the search
+(One module of about 790 lines: the SLO rule, the probe and result types, the search
 state machine and its driver change together, since a result records the rule and the
 search settings it came from; the GuideLLM child lives apart in ``_capacity_probe``.)
 
@@ -56,6 +56,11 @@ arguments, as seen in the recorded report; the search trace is written once, in
 ``conclusions``, after the last probe), so a pruner would have to re-derive them anyway.
 Running the search here costs nothing extra: each probe is the same GuideLLM
 benchmark (a new Benchmarker run, 2.1-2.6 s between probes in both designs).
+
+**Cost.** On the CPU engine (2 shared cores, tiny model, chatbot prompts, 8 s probes
+after 2 s warmup, tolerance 0.25) a probe took 12-15 s wall; ``--max-num-seqs 32`` from
+8 streams took 5 probes in 67 s (capacity 16), ``--max-num-seqs 2`` from 2 streams 3
+probes in 39 s (capacity 2), see ``tests/loads/test_e2e_capacity.py``.
 """
 
 from __future__ import annotations
@@ -562,7 +567,7 @@ class CapacitySearch:
         VtuneError: A setting is out of range (named).
     """
 
-    def __init__(self, *, start_streams: int, max_streams: int, tolerance: float = 0.1, max_probes: int = 12) -> None:
+    def __init__(self, *, start_streams: int, max_streams: int, tolerance: float = 0.1, max_probes: int = 15) -> None:
         _positive_int("start_streams", start_streams)
         self.max_streams = _positive_int("max_streams", max_streams)
         self.max_probes = _positive_int("max_probes", max_probes)
@@ -701,7 +706,7 @@ def run_capacity_search(
     probe_s: float | None = None,
     warmup_s: float | None = None,
     tolerance: float = 0.1,
-    max_probes: int = 12,
+    max_probes: int = 15,
     attainment_target: float | None = None,
     on_probe: Callable[[Probe], bool] | None = None,
     prepared: PreparedCapacitySearch | None = None,
@@ -722,14 +727,15 @@ def run_capacity_search(
         probe_s: Measured seconds a probe; default the workload's step duration.
         warmup_s: Unmeasured seconds before each probe's window; default the workload's.
         tolerance: Relative bracket width at which bisection stops.
-        max_probes: Probe budget.
+        max_probes: Probe budget (doubling from 8 to 1024 and bisecting to 10% takes 12).
         attainment_target: None: each objective at its percentile (default); a fraction
             in (0, 1): attainment form.
         on_probe: Called with each :class:`Probe`; False ends the search
             (``bounded_by`` ``stopped``), e.g. a pruner at a probe that shows the
             configuration cannot beat the best.
         prepared: A child started ahead by :func:`prepare_capacity_search` (GuideLLM's
-            import then overlapped the engine's start-up).
+            import then overlapped the engine's start-up); its workload's prompts and
+            its folder are used (``out_dir`` is then ignored).
 
     Returns:
         The result, also saved as ``out_dir/capacity_result.json``.
