@@ -32,9 +32,9 @@ own percentile, as the workload file states it (``ttft_ms: {percentile: 90, max_
 request counts as violating every objective (it delivered nothing in time), a request
 of at most one output token meets the ITL objective (it has no gap), incomplete
 requests (cancelled at the probe's end) are left out. The percentile is the smallest
-value whose cumulative weight reaches it, computed without the rounding drift of summed
-fractions (``vtune.loads._results.percentile`` and GuideLLM return the 10th of 10 values
-for p90; this rule returns the 9th). A value equal to ``max_ms`` passes. Alternative,
+value whose cumulative weight reaches it, the project's one rule
+(:func:`vtune.loads._results.percentile`: exact at the boundaries, so p90 of 10 values is
+the 9th, where GuideLLM's float sums return the 10th). A value equal to ``max_ms`` passes. Alternative,
 ``attainment_target=0.9``: DistServe's and GuideLLM's form, the fraction of finished
 requests meeting every objective at once (:meth:`RequestSample.meets`) must be at
 least the target; stricter than the default when objectives fail on different requests.
@@ -77,7 +77,7 @@ from typing import Any
 from vtune._errors import VtuneError
 from vtune._workload import Slo, Workload
 from vtune.loads._capacity_probe import PreparedCapacitySearch, prepare_capacity_search
-from vtune.loads._results import BenchmarkSamples, Percentiles, read_guidellm_report, summarize
+from vtune.loads._results import BenchmarkSamples, Percentiles, percentile, read_guidellm_report, summarize
 
 __all__ = [
     "BOUNDS",
@@ -136,17 +136,10 @@ class Verdict:
 
 
 def _exact_percentile(pairs: list[tuple[float, float]], pct: float) -> float:
-    """Smallest value whose cumulative weight reaches ``pct`` percent (NaN when empty)."""
-    total = sum(w for _, w in pairs)
-    if not pairs or total <= 0:
+    """Smallest value whose cumulative weight reaches ``pct`` percent (NaN when empty): the project's one rule."""
+    if not pairs:
         return math.nan
-    need = pct / 100.0 * total * (1.0 - _REL_EPS)
-    cum = 0.0
-    for value, weight in sorted(pairs, key=lambda vw: vw[0]):
-        cum += weight
-        if cum >= need:
-            return value
-    return sorted(pairs)[-1][0]
+    return percentile([v for v, _ in pairs], pct, [w for _, w in pairs])
 
 
 def judge(benches: Sequence[BenchmarkSamples], slo: Slo, attainment_target: float | None = None) -> Verdict:
