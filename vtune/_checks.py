@@ -78,8 +78,9 @@ SMALL_MODEL_WEIGHT_SHARE = 0.5
 _V = "vLLM 0.26, 0.32"
 #: The vLLM rule behind each code (file function, releases read).
 RULES: dict[str, str] = {
-    "value_out_of_range": f"pydantic Field bounds of ParallelConfig (ge=1), CacheConfig "
-                          f"(gpu_memory_utilization gt=0 le=1, block_size gt=0), SchedulerConfig (ge=1); {_V}",
+    "value_out_of_range": "pydantic Field bounds: vllm/config/parallel.py ParallelConfig (sizes ge=1), "
+                          "vllm/config/cache.py CacheConfig (gpu_memory_utilization gt=0 le=1, block_size gt=0), "
+                          f"vllm/config/scheduler.py SchedulerConfig (ge=1); {_V}",
     "invalid_parallel_layout": "vllm/config/model.py ModelConfig.verify_with_parallel_config (heads % TP); "
                                "vllm/model_executor/layers/linear.py QKVParallelLinear.__init__ (KV heads and TP "
                                f"divide); vllm/distributed/utils.py get_pp_indices (PP <= layers); {_V}",
