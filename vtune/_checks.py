@@ -37,12 +37,12 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vtune._errors import VtuneError
-from vtune._memory import Calibration, Gpu, MemoryEstimate, estimate_memory
+from vtune._memory import Calibration, Gpu, MemoryEstimate, estimate_memory, resolve_gpu
 from vtune._model_shape import ModelShape
 from vtune._serve_config import _BOOL_FIELDS, ServeConfig
 from vtune._vllm_defaults import kernel_block_multiple, resolve_batch_limits, target_series
@@ -177,6 +177,7 @@ class CheckInput:
         max_num_seqs: max-num-seqs as the engine will run it.
         max_num_batched_tokens: max-num-batched-tokens as the engine will run it.
         cpu_kv_cache_gib: CPU KV cache space given by flag, if any.
+        estimate_error: Why the memory model could not estimate (a value it cannot model).
     """
 
     cfg: ServeConfig
@@ -192,7 +193,7 @@ class CheckInput:
     max_num_seqs: int
     max_num_batched_tokens: int
     cpu_kv_cache_gib: float | None = None
-    estimate_error: str | None = field(default=None)
+    estimate_error: str | None = None
 
 
 Check = Callable[[CheckInput], list[Finding]]
@@ -209,7 +210,8 @@ def check_value_ranges(c: CheckInput) -> list[Finding]:
         ("--max-num-seqs", cfg.max_num_seqs, cfg.max_num_seqs is None or cfg.max_num_seqs >= 1),
         ("--max-num-batched-tokens", cfg.max_num_batched_tokens,
          cfg.max_num_batched_tokens is None or cfg.max_num_batched_tokens >= 1),
-        ("--max-model-len", cfg.max_model_len, cfg.max_model_len is None or cfg.max_model_len >= 1),
+        # -1 asks vLLM to fit the length to memory (_get_and_verify_max_len, 0.26 and 0.32).
+        ("--max-model-len", cfg.max_model_len, cfg.max_model_len in (None, -1) or cfg.max_model_len >= 1),
         ("--block-size", cfg.block_size, cfg.block_size is None or cfg.block_size > 0),
     ]
     for flag, value, ok in bounds:
@@ -229,6 +231,10 @@ _MEMORY_CODES = ("invalid_parallel_layout", "not_enough_gpus", "max_model_len_ab
 def check_memory_model(c: CheckInput) -> list[Finding]:
     """What the memory model finds impossible: the layout, the GPUs, max-model-len, weights, KV cache."""
     if c.estimate_error and not check_value_ranges(c) and not check_cpu_kv_cache_space(c):
+        if c.cfg.max_model_len == -1:
+            return [_finding("invalid_value", "--max-model-len -1 lets vLLM fit the length to memory; vtune's memory "
+                             "model needs a length, so nothing was checked against memory", severity=WARNING,
+                             basis="memory", recommendation="--max-model-len set to your workload's longest request")]
         return [_finding("invalid_value", c.estimate_error, basis="memory")]
     est = c.estimate
     if est is None or est.fits or est.reason_code not in _MEMORY_CODES:
@@ -250,7 +256,7 @@ def check_batched_tokens(c: CheckInput) -> list[Finding]:
     cfg, out = c.cfg, []
     seqs, tokens, mml = c.max_num_seqs, c.max_num_batched_tokens, c.max_model_len
     if min(seqs, tokens, mml) < 1:
-        return []  # reported by check_value_ranges
+        return []  # reported by check_value_ranges (or -1: fitted to memory at startup)
     chunked = cfg.enable_chunked_prefill is not False
     if not chunked and tokens < mml:
         out.append(_finding(
@@ -457,6 +463,8 @@ def precheck(
         raise VtuneError(f"device must be 'gpu' or 'cpu', got {device!r}")
     if device == "cpu":
         gpu, num_gpus = None, None  # CPU ranks are cores: the study checks those against its node
+    elif gpu is None:
+        gpu = resolve_gpu(None)  # what estimate_memory assumes, so both use the same batch defaults
     mml = cfg.max_model_len if cfg.max_model_len is not None else shape.max_position_embeddings
     seqs, tokens = resolve_batch_limits(cfg.max_num_seqs, cfg.max_num_batched_tokens, max_model_len=mml,
                                         enable_chunked_prefill=cfg.enable_chunked_prefill, device=device,

@@ -56,8 +56,10 @@ class ValidationReport:
         if e is None:
             return None
         if self.device == "cpu":
-            space = f"{self.cpu_kv_cache_gib:g} GiB" if self.cpu_kv_cache_gib is not None else "?"
-            where = f"on the vLLM CPU engine (KV cache space {space}, {self.cpu_kv_cache_origin})"
+            space = "?"
+            if self.cpu_kv_cache_gib is not None:
+                space = f"{self.cpu_kv_cache_gib:g} GiB, {self.cpu_kv_cache_origin}"
+            where = f"on the vLLM CPU engine (KV cache space {space})"
         else:
             where = f"on {e.gpu} ({e.total_memory_gib:.2f} GiB)"
         return (f"{where}: weights {e.weights_gib:.2f} GiB, KV {e.kv_cache_gib:.2f} GiB = {e.kv_cache_tokens:,} "
