@@ -119,6 +119,21 @@ def test_expert_parallel_needs_experts():
         gpu_check("--max-model-len 4096 --enable-expert-parallel", config=QWEN3_30B_A3B))
 
 
+@pytest.mark.parametrize(("series", "flags", "code"), [
+    ("0.26", "--max-num-partial-prefills 4", "partial_prefills_unsupported"),
+    ("0.26", "--max-long-partial-prefills=2", "partial_prefills_unsupported"),
+    ("0.26", "--max-num-partial-prefills 1", None),
+    ("0.32", "--max-num-partial-prefills 1", "partial_prefills_unsupported"),  # the flag is gone in 0.32
+    ("0.32", "--long-prefill-token-threshold 8192", "long_prefill_threshold_above_model_len"),
+    ("0.32", "--long-prefill-token-threshold 512", None),
+    ("0.26", "--long-prefill-token-threshold 8192", None),
+])
+def test_scheduler_pass_through_flags_by_release(monkeypatch, series, flags, code):
+    monkeypatch.setattr(_checks, "target_series", lambda: series)
+    f = gpu_check("--max-model-len 4096 --max-num-seqs 64 " + flags)
+    assert codes(f, ERROR) == ([code] if code else [])
+
+
 @pytest.mark.parametrize(("space", "bad"), [("1.5", True), ("lots", True), ("0", True), ("2", False)])
 def test_cpu_kv_cache_space_must_be_whole_gib(space, bad):
     f = cpu_check(f"VLLM_CPU_KVCACHE_SPACE={space}")
@@ -211,8 +226,8 @@ def test_precheck_reads_the_raw_argv_or_the_rendered_config():
     flags = "--enable-prefix-caching --no-enable-prefix-caching --max-model-len 4096 --max-num-seqs 64"
     assert codes(gpu_check(flags)) == ["contradictory_flags"]
     # Without argv the rendered config is read: a sampled flag that clashes with a fixed pass-through one.
-    cfg = ServeConfig(max_model_len=4096, max_num_seqs=64, extra_args=["--max-num-partial-prefills", "2",
-                                                      "--max-num-partial-prefills", "4"])
+    cfg = ServeConfig(max_model_len=4096, max_num_seqs=64, extra_args=["--stream-interval", "2",
+                                                                       "--stream-interval", "4"])
     assert codes(precheck(cfg, shape=shape_from_config(LLAMA_8B), gpu=H100, device="gpu")) == ["contradictory_flags"]
 
 
@@ -237,11 +252,14 @@ _ALL_CASES = [
     lambda: gpu_check(""),
     lambda: gpu_check("--max-model-len 4096 --enforce-eager --no-enforce-eager"),
     lambda: gpu_check("--max-model-len 4096 --dtype int3"),
+    lambda: gpu_check("--max-model-len 4096 --max-num-partial-prefills 2"),
 ]
 
 
-def test_every_code_is_produced_and_cited():
+def test_every_code_is_produced_and_cited(monkeypatch):
     found = [f for case in _ALL_CASES for f in case()]
+    monkeypatch.setattr(_checks, "target_series", lambda: "0.32")
+    found += gpu_check("--max-model-len 4096 --long-prefill-token-threshold 8192")
     produced = {f.code for f in found}
     assert produced == set(RULES) - {"invalid_flag"}, set(RULES) - produced
     for f in found:

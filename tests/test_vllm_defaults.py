@@ -37,6 +37,8 @@ EXPECTED = [
     ("kernel_block_multiple[cpu]", 16, ("0.26",), "vllm/v1/attention/backends/cpu_attn.py"),
     ("kernel_block_multiple[cpu]", 32, ("0.32",), "vllm/v1/attention/backends/cpu_attn.py"),
     ("enable_prefix_caching", True, BOTH, "vllm/engine/arg_utils.py"),
+    ("enable_prefix_caching[Mamba-hybrid models]", False, ("0.26",), "vllm/engine/arg_utils.py"),
+    ("enable_prefix_caching[Mamba-hybrid models]", True, ("0.32",), "vllm/engine/arg_utils.py"),
     ("enable_chunked_prefill", True, BOTH, "vllm/engine/arg_utils.py"),
     ("async_scheduling[gpu]", True, BOTH, "vllm/config/vllm.py"),
     ("async_scheduling[cpu]", False, BOTH, "vllm/platforms/cpu.py"),

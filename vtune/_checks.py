@@ -21,6 +21,7 @@ compatible): ``value_out_of_range``, ``invalid_value``, ``invalid_parallel_layou
 ``kv_cache_too_small``, ``batched_tokens_below_seqs``, ``batched_tokens_below_model_len``,
 ``batched_tokens_above_seqs_times_len``, ``block_size_not_supported``,
 ``expert_parallel_without_experts``, ``cpu_kv_cache_space_invalid``,
+``partial_prefills_unsupported``, ``long_prefill_threshold_above_model_len``,
 ``chunked_prefill_disabled``, ``max_num_seqs_above_kv_capacity``,
 ``tensor_parallel_on_small_model``, ``enforce_eager``, ``max_model_len_above_need``,
 ``max_model_len_unset``, ``contradictory_flags``, ``invalid_flag``.
@@ -99,6 +100,11 @@ RULES: dict[str, str] = {
     "expert_parallel_without_experts": f"vllm/config/model.py ModelConfig._verify_with_expert_parallelism; {_V}",
     "cpu_kv_cache_space_invalid": "vllm/envs.py VLLM_CPU_KVCACHE_SPACE (int()) and vllm/platforms/cpu.py "
                                   f"CpuPlatform.check_and_update_config; {_V}",
+    "partial_prefills_unsupported": "vllm/engine/arg_utils.py EngineArgs._check_feature_supported (0.26: only 1, "
+                                    "else \"Concurrent Partial Prefill is not supported\"); removed from the 0.32 "
+                                    "parser",
+    "long_prefill_threshold_above_model_len": "vllm/config/scheduler.py SchedulerConfig.verify_max_model_len (0.32; "
+                                              "in 0.26 only with partial prefills > 1, which 0.26 refuses)",
     "chunked_prefill_disabled": "vllm/engine/arg_utils.py "
                                 f"EngineArgs._set_default_chunked_prefill_and_prefix_caching_args (a warning); {_V}",
     "max_num_seqs_above_kv_capacity": "vtune memory model: the scheduler admits only what the KV cache holds "
@@ -324,6 +330,45 @@ def check_cpu_kv_cache_space(c: CheckInput) -> list[Finding]:
     return []
 
 
+def _extra_value(extra: Sequence[str], flag: str) -> str | None:
+    """The value of a pass-through flag (``--x v``, ``--x=v``, ``--x_y v``), the last one given; None if absent."""
+    want, value = flag.lstrip("-").replace("_", "-"), None
+    for i, tok in enumerate(extra):
+        name, eq, inline = tok.lstrip("-").partition("=")
+        if tok.startswith("--") and name.replace("_", "-") == want:
+            value = inline if eq else (extra[i + 1] if i + 1 < len(extra) else "")
+    return value
+
+
+def check_scheduler_pass_through_flags(c: CheckInput) -> list[Finding]:
+    """Pass-through scheduler flags the target vLLM refuses: partial prefills, the long-prefill threshold."""
+    out, series = [], target_series()
+    for flag in ("--max-num-partial-prefills", "--max-long-partial-prefills"):
+        raw = _extra_value(c.cfg.extra_args, flag)
+        if raw is None:
+            continue
+        if series == "0.32":
+            message = f"{flag} {raw}: vLLM 0.32 removed this flag; its parser refuses it"
+        elif raw.strip() != "1":
+            message = (f"{flag} {raw}: vLLM 0.26 accepts only 1 (\"Concurrent Partial Prefill is not supported\") "
+                       "and refuses to start")
+        else:
+            continue
+        out.append(_finding("partial_prefills_unsupported", message, recommendation=f"drop {flag}"))
+    raw = _extra_value(c.cfg.extra_args, "--long-prefill-token-threshold")
+    if raw is not None and series == "0.32" and c.max_model_len >= 1:
+        try:
+            threshold = int(raw)
+        except ValueError:
+            threshold = 0  # the parser reports a non-number
+        if threshold > c.max_model_len:
+            out.append(_finding(
+                "long_prefill_threshold_above_model_len",
+                f"--long-prefill-token-threshold {threshold} is above max-model-len {c.max_model_len}: vLLM 0.32 "
+                "refuses to start", recommendation=f"--long-prefill-token-threshold {c.max_model_len}"))
+    return out
+
+
 def check_chunked_prefill(c: CheckInput) -> list[Finding]:
     """vLLM warns when chunked prefill is switched off on a model that supports it."""
     if c.cfg.enable_chunked_prefill is False:
@@ -416,6 +461,7 @@ CHECKS: tuple[Check, ...] = (
     check_block_size,
     check_expert_parallel,
     check_cpu_kv_cache_space,
+    check_scheduler_pass_through_flags,
     check_chunked_prefill,
     check_seqs_vs_kv_capacity,
     check_tensor_parallel_on_small_model,

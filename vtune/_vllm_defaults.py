@@ -85,6 +85,8 @@ BLOCK_SIZE_CPU = 128
 #: Prefix caching: on for generative decoder models (``CacheConfig.enable_prefix_caching = True``;
 #: ``EngineArgs._set_default_chunked_prefill_and_prefix_caching_args`` takes
 #: ``ModelConfig.is_prefix_caching_supported``: off only for attention-free and encoder-decoder models).
+#: 0.26 also keeps it off by default for vLLM's hybrid (Mamba + attention, ``ModelConfig.is_hybrid``)
+#: models; 0.32 turns it on for them. vtune models no Mamba layers.
 ENABLE_PREFIX_CACHING = True
 #: Chunked prefill: on for generative models (``ModelConfig.is_chunked_prefill_supported``:
 #: off for encoder-decoder models), vllm/engine/arg_utils.py, 0.26 and 0.32.
@@ -181,6 +183,10 @@ TABLE: tuple[VllmDefault, ...] = (
     VllmDefault("kernel_block_multiple[cpu]", 32, ("0.32",),
                 "vllm/v1/attention/backends/cpu_attn.py CPUAttentionBackend.get_supported_kernel_block_sizes"),
     VllmDefault("enable_prefix_caching", ENABLE_PREFIX_CACHING, _BOTH,
+                "vllm/engine/arg_utils.py EngineArgs._set_default_chunked_prefill_and_prefix_caching_args"),
+    VllmDefault("enable_prefix_caching[Mamba-hybrid models]", False, ("0.26",),
+                "vllm/engine/arg_utils.py EngineArgs._set_default_chunked_prefill_and_prefix_caching_args"),
+    VllmDefault("enable_prefix_caching[Mamba-hybrid models]", True, ("0.32",),
                 "vllm/engine/arg_utils.py EngineArgs._set_default_chunked_prefill_and_prefix_caching_args"),
     VllmDefault("enable_chunked_prefill", ENABLE_CHUNKED_PREFILL, _BOTH,
                 "vllm/engine/arg_utils.py EngineArgs._set_default_chunked_prefill_and_prefix_caching_args"),
