@@ -221,7 +221,16 @@ def test_mla_latent_kv_not_split_by_tp():
     one = est(DEEPSEEK_V2_LITE, max_model_len=8192)
     two = est(DEEPSEEK_V2_LITE, max_model_len=8192, tensor_parallel_size=2)
     assert one.kv_bytes_per_token == two.kv_bytes_per_token == 27 * (512 + 64) * 2
-    assert one.block_size == 64
+    # FLASH_ATTN_MLA leads vLLM's Hopper priorities and keeps the default 16-token block.
+    assert one.block_size == 16
+
+
+def test_mla_block_size_matches_the_h200_start():
+    # DeepSeek-V2-Lite on an H200 (vLLM 0.26): "Available KV cache memory: 95.16 GiB",
+    # "GPU KV cache size: 3,285,008 tokens" -- 16-token blocks; 64-token blocks would give 3,284,992.
+    _, tokens, _ = kv_capacity(shape_from_config(DEEPSEEK_V2_LITE), ServeConfig(max_model_len=8192),
+                               95.16 * GIB, gpu=Gpu("H200", 139.3))
+    assert tokens == 3_285_008
 
 
 def test_deepseek_v2_lite_weights():

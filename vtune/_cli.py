@@ -145,7 +145,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from vtune._model_shape import load_model_shape
     from vtune._serve_config import parse_serve_args
-    from vtune._validate import Finding, check_flags_with_vllm, validate_config
+    from vtune._validate import validate_config
 
     flags = list(args.vllm_args)
     if flags and flags[0] == "--":
@@ -162,19 +162,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         from vtune._workload import load_workload
 
         needed = load_workload(args.workload).max_model_len_hint
-    report = validate_config(shape, cfg, gpu, num_gpus=num_gpus, needed_model_len=needed, device=args.device)
-    if not args.no_vllm_check:
-        problem = check_flags_with_vllm([cfg.model, *cfg.to_cli_args(include_model=False)])
-        if problem:
-            report.errors.insert(0, Finding("invalid_flag", problem))
+    report = validate_config(shape, cfg, gpu, num_gpus=num_gpus, needed_model_len=needed, device=args.device,
+                             cpu_kv_cache_gib=args.cpu_kv_cache_gib, argv=flags, vllm_check=not args.no_vllm_check)
     if args.json:
         _print_json(report.to_dict())
         return report.exit_code
-    e = report.estimate
-    if e is not None:
-        print(f"{cfg.to_flags_line()}\n  on {e.gpu} ({e.total_memory_gib:.2f} GiB): weights {e.weights_gib:.2f} GiB, "
-              f"KV {e.kv_cache_gib:.2f} GiB = {e.kv_cache_tokens:,} tokens, {e.max_concurrency:.2f}x requests of "
-              f"{e.max_model_len} tokens per replica")
+    headline = report.headline()
+    if headline is not None:
+        print(f"{cfg.to_flags_line()}\n  {headline}")
     for f in report.errors:
         print(f"ERROR   [{f.code}] {f.message}")
     for f in report.warnings:

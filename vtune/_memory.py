@@ -28,6 +28,10 @@ came from; :class:`Calibration` rescales them from what a real engine reported
 On the CPU engine the KV cache is what ``VLLM_CPU_KVCACHE_SPACE`` (GiB) or
 ``--kv-cache-memory-bytes`` sets, block size 128, and no activation term is
 charged against it (``vllm/v1/worker/cpu_worker.py``).
+
+Every vLLM default (utilization, batch limits by GPU tier, block size, CUDA-graph
+capture limit, async scheduling, the CPU KV space vtune gives) comes from
+:mod:`vtune._vllm_defaults`.
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ from typing import Any
 from vtune._errors import VtuneError
 from vtune._model_shape import ModelShape, QuantShape, quant_from_method
 from vtune._serve_config import ServeConfig
+from vtune._vllm_defaults import (
+    ASYNC_SCHEDULING_GPU,
+    GPU_MEMORY_UTILIZATION,
+    cpu_kv_cache_space_gib,
+    default_block_size,
+    default_max_cudagraph_capture_size,
+    resolve_batch_limits,
+)
 
 __all__ = [
     "GPU_CATALOG",
@@ -57,8 +69,8 @@ __all__ = [
 
 GIB = 1 << 30
 MIB = 1 << 20
-#: vLLM's default --gpu-memory-utilization (``CacheConfig``), 0.92 since 0.2x.
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.92
+#: vLLM's default --gpu-memory-utilization (kept for importers; the value lives in :mod:`vtune._vllm_defaults`).
+DEFAULT_GPU_MEMORY_UTILIZATION = GPU_MEMORY_UTILIZATION
 
 #: Total memory per GPU as ``torch.cuda.mem_get_info()`` reports it (GiB).
 #: H100-80GB was read on the lent H100 80GB HBM3: 85,017,493,504 bytes = 79.178 GiB
@@ -307,6 +319,9 @@ class MemoryEstimate:
     All ``*_gib`` figures are per GPU (the worst pipeline stage); token and
     concurrency figures are per engine replica, as vLLM logs them.
     ``max_concurrency_total`` multiplies by the data-parallel size.
+    ``reason_code`` names why it does not fit, as :mod:`vtune._checks` reports it:
+    ``invalid_parallel_layout``, ``not_enough_gpus``, ``max_model_len_above_model``,
+    ``weights_do_not_fit`` or ``kv_cache_too_small``.
     """
 
     device: str
@@ -333,6 +348,7 @@ class MemoryEstimate:
     data_parallel_size: int
     fits: bool
     reason: str | None
+    reason_code: str | None = None
     kv_groups: int = 1
     padding_layers: int = 0
     sliding_window_credited: bool = False
@@ -353,11 +369,6 @@ class MemoryEstimate:
 
 
 # ----------------------------------------------------------------- defaults
-def _is_big_gpu(gpu: Gpu | None) -> bool:
-    """vLLM's ``get_batch_defaults``: >= 70 GiB and not an A100 gets bigger batches."""
-    return gpu is not None and gpu.memory_gib >= 70 and "A100" not in gpu.name.upper()
-
-
 @dataclass(frozen=True)
 class _Resolved:
     tp: int
@@ -381,35 +392,21 @@ def _resolve(shape: ModelShape, cfg: ServeConfig, gpu: Gpu | None, device: str) 
                         ("--data-parallel-size", dp)):
         if value < 1:
             raise VtuneError(f"{flag} must be >= 1, got {value}")
-    # CacheConfig.gpu_memory_utilization defaults to 0.92 in vLLM 0.26 and 0.32 (0.9 in older releases).
-    util = DEFAULT_GPU_MEMORY_UTILIZATION if cfg.gpu_memory_utilization is None else cfg.gpu_memory_utilization
+    util = GPU_MEMORY_UTILIZATION if cfg.gpu_memory_utilization is None else cfg.gpu_memory_utilization
     if not 0 < util <= 1:
         raise VtuneError(f"--gpu-memory-utilization must be in (0, 1], got {util}")
     mml = shape.max_position_embeddings if cfg.max_model_len is None else cfg.max_model_len
     if mml < 1:
         raise VtuneError(f"--max-model-len must be >= 1, got {mml}")
-    world = tp * pp
-    if device == "cpu":
-        d_tokens, d_seqs = 2048 * world, 128 * world
-    elif _is_big_gpu(gpu):
-        d_tokens, d_seqs = 8192, 1024
-    else:
-        d_tokens, d_seqs = 2048, 256
-    seqs = d_seqs if cfg.max_num_seqs is None else cfg.max_num_seqs
-    if cfg.max_num_batched_tokens is not None:
-        tokens = cfg.max_num_batched_tokens
-    else:
-        tokens = d_tokens if cfg.enable_chunked_prefill is not False else max(mml, d_tokens)
-        tokens = min(tokens, seqs * mml)
+    if device != "cpu" and gpu is None:
+        gpu = resolve_gpu(None)  # the GPU estimate_memory assumes, so the batch tier matches it
+    seqs, tokens = resolve_batch_limits(
+        cfg.max_num_seqs, cfg.max_num_batched_tokens, max_model_len=mml,
+        enable_chunked_prefill=cfg.enable_chunked_prefill, device=device, gpu=gpu, world_size=tp * pp)
     for flag, value in (("--max-num-seqs", seqs), ("--max-num-batched-tokens", tokens)):
         if value < 1:
             raise VtuneError(f"{flag} must be >= 1, got {value}")
-    if cfg.block_size:
-        block = cfg.block_size
-    elif device == "cpu":
-        block = 128
-    else:
-        block = 64 if shape.mla else 16
+    block = cfg.block_size or default_block_size(device)
     dtype = (cfg.dtype or "auto").lower()
     if dtype == "auto":
         dtype = shape.dtype
@@ -433,7 +430,7 @@ def _resolve(shape: ModelShape, cfg: ServeConfig, gpu: Gpu | None, device: str) 
         raise VtuneError(f"--kv-cache-dtype {cfg.kv_cache_dtype}: use auto, fp8, fp8_e4m3, fp8_e5m2 or bfloat16")
     quant = quant_from_method(cfg.quantization) if cfg.quantization else shape.quant
     # Async scheduling is on by default on GPUs (VllmConfig.__post_init__) and forced off on CPU.
-    async_sched = device != "cpu" and cfg.async_scheduling is not False
+    async_sched = device != "cpu" and (ASYNC_SCHEDULING_GPU if cfg.async_scheduling is None else cfg.async_scheduling)
     return _Resolved(tp, pp, dp, mml, util, seqs, tokens, block, float(dt_bytes), kv_bytes, quant,
                      bool(cfg.enforce_eager) or device == "cpu", async_sched)
 
@@ -554,12 +551,14 @@ def _stage_weights(shape: ModelShape, r: _Resolved, stage: int, layers: range) -
 
 
 # ------------------------------------------------------- measured terms (GPU)
-def _capture_sizes(r: _Resolved, cfg: ServeConfig) -> list[int]:
+def _capture_sizes(r: _Resolved, cfg: ServeConfig, gpu: Gpu | None = None) -> list[int]:
     """CUDA-graph capture sizes as vLLM's ``_set_cudagraph_sizes`` picks them."""
     if r.enforce_eager:
         return []
-    limit = cfg.max_cudagraph_capture_size or min(r.max_num_seqs * 2, 512)
-    limit = min(limit, r.max_num_batched_tokens)
+    if cfg.max_cudagraph_capture_size:
+        limit = min(cfg.max_cudagraph_capture_size, r.max_num_batched_tokens)
+    else:
+        limit = default_max_cudagraph_capture_size(r.max_num_seqs, r.max_num_batched_tokens, gpu=gpu)
     sizes = [s for s in (1, 2, 4) if s <= limit]
     sizes += list(range(8, min(limit + 1, 256), 8))
     if limit >= 256:
@@ -606,7 +605,8 @@ def uses_v1_model_runner(shape: ModelShape) -> bool:
 
 
 def _gpu_terms(
-    shape: ModelShape, r: _Resolved, cfg: ServeConfig, c: GpuConstants, stage: int, n_layers: int
+    shape: ModelShape, r: _Resolved, cfg: ServeConfig, c: GpuConstants, stage: int, n_layers: int,
+    gpu: Gpu | None = None,
 ) -> tuple[float, float, float]:
     """(activation peak, non-torch, CUDA-graph) bytes of one GPU, uncalibrated.
 
@@ -619,7 +619,7 @@ def _gpu_terms(
         moe = shape.moe
         activation += t * moe.top_k * (2 * moe.expert_intermediate_size / tp + h) * dt * c.act_moe_factor
     non_torch = (c.non_torch_parallel_gib if tp * r.pp > 1 else c.non_torch_gib) * GIB
-    sizes = _capture_sizes(r, cfg)
+    sizes = _capture_sizes(r, cfg, gpu)
     graphs = 0.0
     if sizes:
         factor = c.cudagraph_moe_factor if shape.moe else c.cudagraph_width_factor
@@ -740,7 +740,9 @@ def estimate_memory(
         constants: Constants of the modelled terms.
         num_gpus: GPUs available; a layout needing more does not fit.
         cpu_kv_cache_gib: CPU engine KV cache space per worker
-            (``VLLM_CPU_KVCACHE_SPACE``); defaults to ``cfg.env``, then 4 GiB.
+            (``VLLM_CPU_KVCACHE_SPACE``); defaults to ``cfg.env``, this process's
+            environment, then vtune's default
+            (:func:`vtune._vllm_defaults.cpu_kv_cache_space_gib`).
 
     Raises:
         VtuneError: An impossible value (utilization outside (0, 1], TP 0, ...).
@@ -751,8 +753,10 @@ def estimate_memory(
     cal = calibration or Calibration()
     notes: list[str] = []
     reason = check_layout(shape, r.tp, r.pp)
+    code = "invalid_parallel_layout" if reason else None
     if reason is None and num_gpus is not None and r.tp * r.pp * r.dp > num_gpus:
         reason = f"needs {r.tp * r.pp * r.dp} GPUs (TP {r.tp} x PP {r.pp} x DP {r.dp}) but {num_gpus} are present"
+        code = "not_enough_gpus"
     if r.max_model_len > shape.max_position_embeddings:
         allow = (cfg.env.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN") or os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN")) == "1"
         message = (f"max-model-len {r.max_model_len} exceeds the model's max_position_embeddings "
@@ -761,6 +765,7 @@ def estimate_memory(
             notes.append(message + " (allowed by VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)")
         elif reason is None:
             reason = message + "; vLLM refuses it: lower --max-model-len (or set VLLM_ALLOW_LONG_MAX_MODEL_LEN=1)"
+            code = "max_model_len_above_model"
     layout = _kv_groups(shape, device != "cpu" and not cfg.disable_hybrid_kv_cache_manager)
     if shape.is_hybrid and not layout.credited:
         notes.append("sliding-window layers are charged as full attention (hybrid KV cache manager off)")
@@ -772,7 +777,10 @@ def estimate_memory(
     if device == "cpu":
         total_gib = gpu.memory_gib if gpu else 0.0
         requested = 0
-        space = float(cpu_kv_cache_gib or cfg.env.get("VLLM_CPU_KVCACHE_SPACE") or 4)
+        space, origin = cpu_kv_cache_space_gib(cfg.env, cpu_kv_cache_gib)
+        if origin == "vtune default":
+            notes.append(f"VLLM_CPU_KVCACHE_SPACE unset: {space:g} GiB assumed (what vtune gives the CPU engine; "
+                         "plain vllm serve would take most of the machine's memory)")
     else:
         gpu = gpu or resolve_gpu(None)
         total_gib = gpu.memory_gib
@@ -786,7 +794,7 @@ def estimate_memory(
             a_raw = nt_raw = cg_raw = 0.0
             kv = space * GIB  # the space is per worker: every TP/PP rank allocates it
         else:
-            a_raw, nt_raw, cg_raw = _gpu_terms(shape, r, cfg, constants, s, len(layers))
+            a_raw, nt_raw, cg_raw = _gpu_terms(shape, r, cfg, constants, s, len(layers), gpu)
         w = w_raw * cal.weights_scale
         a = a_raw * cal.activation_scale
         nt = nt_raw * cal.non_torch_scale
@@ -815,12 +823,14 @@ def estimate_memory(
             f"{requested / GIB:.2f} GiB is requested ({r.util} x {total_gib:.2f} GiB); "
             "raise tensor/pipeline parallelism, quantize, or raise --gpu-memory-utilization"
         )
+        code = "weights_do_not_fit"
     if reason is None and worst.kv_cache_bytes <= 0:
         reason = (
             f"no memory left for the KV cache: the rest needs {(requested - worst.kv_cache_bytes) / GIB:.2f} GiB "
             f"of the {requested / GIB:.2f} GiB requested; raise --gpu-memory-utilization or parallelism, "
             "or lower --max-num-batched-tokens"
         )
+        code = "kv_cache_too_small"
     if reason is None and num_blocks < per_request:
         need_gib = per_request * page * max(len(g) for g in layout.groups) / GIB
         reason = (
@@ -828,6 +838,7 @@ def estimate_memory(
             f"max-model-len {r.max_model_len} ({need_gib:.2f} GiB needed, about {tokens} tokens fit); "
             "lower --max-model-len or give the KV cache more memory"
         )
+        code = "kv_cache_too_small"
     raw = raws[worst_i]
     return MemoryEstimate(
         device=device,
@@ -854,6 +865,7 @@ def estimate_memory(
         data_parallel_size=r.dp,
         fits=reason is None,
         reason=reason,
+        reason_code=code,
         kv_groups=len(layout.groups),
         padding_layers=layout.padding_layers,
         sliding_window_credited=layout.credited and "sliding" in layout.kinds,

@@ -14,11 +14,13 @@ from pathlib import Path
 from vtune._errors import VtuneError
 from vtune._memory import GIB, Gpu, gpu_for_device
 from vtune._serve_config import ServeConfig
+from vtune._vllm_defaults import VTUNE_CPU_KV_CACHE_SPACE_GIB
 
 __all__ = ["CPU_DEFAULT_KV_SPACE_GIB", "Target", "apply_engine_defaults", "resolve_model", "resolve_target"]
 
-#: KV cache space (GiB, ``VLLM_CPU_KVCACHE_SPACE``) vtune gives the CPU engine when the user sets none.
-CPU_DEFAULT_KV_SPACE_GIB = 2
+#: KV cache space (GiB, ``VLLM_CPU_KVCACHE_SPACE``) vtune gives the CPU engine when the user sets none
+#: (an alias of :data:`vtune._vllm_defaults.VTUNE_CPU_KV_CACHE_SPACE_GIB`, kept for importers).
+CPU_DEFAULT_KV_SPACE_GIB = VTUNE_CPU_KV_CACHE_SPACE_GIB
 
 
 @dataclass(frozen=True)
@@ -142,10 +144,15 @@ def resolve_model(model: str | None, target: Target) -> str:
 
 
 def apply_engine_defaults(cfg: ServeConfig, target: Target) -> ServeConfig:
-    """Fills what vtune sets unless the user did: the CPU engine's KV cache space."""
+    """Fills what vtune sets unless the user did: the CPU engine's KV cache space.
+
+    The space is this process's ``VLLM_CPU_KVCACHE_SPACE`` when set, else
+    :data:`vtune._vllm_defaults.VTUNE_CPU_KV_CACHE_SPACE_GIB` (the same order the
+    memory model assumes, :func:`vtune._vllm_defaults.cpu_kv_cache_space_gib`).
+    """
     if target.device == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in cfg.env:
         import os
 
-        space = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or str(CPU_DEFAULT_KV_SPACE_GIB)
+        space = os.environ.get("VLLM_CPU_KVCACHE_SPACE") or str(VTUNE_CPU_KV_CACHE_SPACE_GIB)
         return cfg.replace(env={**cfg.env, "VLLM_CPU_KVCACHE_SPACE": space})
     return cfg
