@@ -12,8 +12,9 @@ from tests.study.test_export import add_measurement
 from tests.study.test_worker import fake_trial, make_settings
 from vtune._cli import main
 from vtune._model_shape import load_model_shape
+from vtune.study._remeasure import remeasure
 from vtune.study._runner import _Progress, _Runner
-from vtune.study._study import open_study, remeasure, run_study
+from vtune.study._study import open_study, run_study
 
 
 class FakeClock:

@@ -1,10 +1,11 @@
 """The study: an Optuna search over vLLM flags, measured on real engines.
 
 Modules by concern: :mod:`._settings` (what defines a study), :mod:`._storage` (storages,
-heartbeats, stale trials), :mod:`._baselines`, :mod:`._runner` (one trial), :mod:`._packing`
-(trials at once on disjoint GPUs/cores), :mod:`._selection` (configuration means, best, pick),
-:mod:`._pruner`, :mod:`._export` (configs/ files, summary), :mod:`._submit` (Slurm/PBS),
-and :mod:`._study` (run_study, run_worker).
+heartbeats, stale trials), :mod:`._baselines` (and what the sampler learns from them),
+:mod:`._runner` (one trial), :mod:`._packing` (trials at once on disjoint GPUs/cores),
+:mod:`._selection` (configuration means, best, pick), :mod:`._pruner`, :mod:`._remeasure`
+(the end-of-study re-measurements, inside the time budget), :mod:`._export` (configs/ files,
+``best`` JSON, summary), :mod:`._submit` (Slurm/PBS), and :mod:`._study` (run_study, run_worker).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from vtune.study._packing import (
     pick_positions,
 )
 from vtune.study._pruner import NoiseAwarePruner
+from vtune.study._remeasure import Remeasured, remeasure
 from vtune.study._runner import (
     GPU_MEMORY_TOLERANCE_MIB,
     GPU_MEMORY_WAIT_S,
@@ -83,15 +85,7 @@ from vtune.study._storage import (
     recover_stale_trials,
     wait_for_running,
 )
-from vtune.study._study import (
-    Remeasured,
-    open_study,
-    prepare_study,
-    remeasure,
-    run_study,
-    run_worker,
-    worker_target,
-)
+from vtune.study._study import open_study, prepare_study, run_study, run_worker, worker_target
 from vtune.study._submit import walltime_hms, worker_job_script
 
 __all__ = [

@@ -47,9 +47,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +57,15 @@ from optuna.trial import FrozenTrial
 
 from vtune._errors import VtuneError
 from vtune._model_shape import ModelShape, load_model_shape
-from vtune._serve_config import ServeConfig
 from vtune._target import Target
 from vtune._trial import run_trial
 from vtune.study._baselines import InSpaceSampler, enqueue_baselines
 from vtune.study._export import StudySummary, export_best, summarize
 from vtune.study._packing import default_concurrency, layout_sizes
 from vtune.study._pruner import NoiseAwarePruner
+from vtune.study._remeasure import Remeasured, remeasure
 from vtune.study._runner import TrialFailed, TrialFn, _Progress, _Runner, count_done, count_started, elapsed_s
-from vtune.study._selection import _best_text, best_trials
+from vtune.study._selection import _best_text
 from vtune.study._settings import ATTR, StudySettings, load_settings
 from vtune.study._storage import (
     GRACE_PERIOD_S,
@@ -424,83 +423,3 @@ def _stop_engines_on_ctrl_c(runner: _Runner, threaded: bool) -> Iterator[None]:
         raise
     finally:
         signal.signal(signal.SIGINT, previous)
-
-@dataclass
-class Remeasured:
-    """What :func:`remeasure` did.
-
-    Attributes:
-        remeasured: Trials whose configuration was measured again (this call).
-        skipped: Why some were left out: ``"time budget"`` when the time left under
-            ``--timeout`` did not cover one more measurement; None otherwise.
-    """
-
-    remeasured: list[int] = field(default_factory=list)
-    skipped: str | None = None
-
-def _measurement_s(study: optuna.Study, trial: FrozenTrial) -> float:
-    """Seconds one more measurement of ``trial``'s configuration takes.
-
-    Its own recorded ``timings.total_s``, else the median over the study's launched trials
-    (0: none recorded).
-    """
-    own = (trial.user_attrs.get("timings") or {}).get("total_s")
-    if own:
-        return float(own)
-    spans = sorted(float(s) for t in study.get_trials(deepcopy=False)
-                   if (s := (t.user_attrs.get("timings") or {}).get("total_s")))
-    return spans[len(spans) // 2] if spans else 0.0
-
-def remeasure(study: optuna.Study, settings: StudySettings, runner: _Runner, *, deadline_s: float | None = None,
-              clock: Callable[[], float] = time.monotonic) -> Remeasured:
-    """Re-measures the best few configurations once each (kept in the study's user attrs).
-
-    Args:
-        study: The study.
-        settings: Its settings (``remeasure_top_k`` of them).
-        runner: Runs the measurement (the study's trial function and resources).
-        deadline_s: ``clock()`` reading by which the study must end (``--timeout``): a
-            re-measurement starts only if the time left covers it (its configuration's
-            recorded ``timings.total_s``); None: no limit.
-        clock: The clock ``deadline_s`` is read on.
-
-    Returns:
-        The trials re-measured, and why any were skipped.
-    """
-    out = Remeasured()
-    k = settings.remeasure_top_k
-    if k <= 0:
-        return out
-    done: dict[str, list[float]] = dict(study.user_attrs.get("remeasurements") or {})
-    top = best_trials(study)[:k]
-    for t in top:
-        if str(t.number) in done:
-            continue
-        cfg = ServeConfig.from_dict(t.user_attrs["config"]).replace(model=settings.model)
-        if runner.resource_problem(cfg):
-            continue  # measured on a bigger worker than this machine
-        if deadline_s is not None:
-            need_s, left_s = _measurement_s(study, t), deadline_s - clock()
-            if left_s <= 0 or need_s > left_s:
-                runner.progress.line(count_done(study), t.number, "re-measure",
-                                     f"skipped: one measurement takes about {need_s:.0f}s, {max(0.0, left_s):.0f}s "
-                                     "of the time budget left", 0)
-                out.skipped = "time budget"
-                break
-        run_dir = settings.study_dir / "remeasure" / str(t.number)
-        runner.progress.line(count_done(study), t.number, "re-measure", "launching", 0)
-        # The same resources as the trials had (one lease of the pool when they were packed).
-        gpus, cores, lease = runner.lease(cfg)
-        extra: dict[str, Any] = {"cpu_cores": cores} if cores is not None else {}
-        try:
-            rec = runner.trial_fn(cfg, settings.workload, run_dir, gpus=gpus, duration_s=settings.duration_s,
-                                  cache_dir=runner.cache_dir, **extra)
-        finally:
-            runner.release(lease)
-        if rec.result is None:
-            continue
-        values = [o.value(rec.result) for o in settings.objectives]
-        done[str(t.number)] = [float(t.values[0]), values[0]]
-        study.set_user_attr("remeasurements", done)
-        out.remeasured.append(t.number)
-    return out
