@@ -20,8 +20,8 @@ class NoiseAwarePruner(BasePruner):
     after each. The trial is stopped when even an optimistic reading of it is
     worse than the best *configuration*: the best mean over the measurements of
     one configuration whose mean SLO constraints are met (a single lucky
-    measurement does not set the bar). Optimistic means ``mean x (1 + noise) + z x stderr`` when
-    maximizing, where ``stderr`` comes from the trial's own step values and
+    measurement does not set the bar). Optimistic means
+    ``mean x (1 + noise) + z x stderr`` when maximizing, where ``stderr`` comes from the trial's own step values and
     ``noise`` is the larger of ``noise_rel`` and two standard deviations of the
     run-to-run noise measured in this study (configurations measured more than
     once, re-measurements). A replay of a landscape recorded on a shared 2-core
