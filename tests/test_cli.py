@@ -195,11 +195,13 @@ def test_study_name_is_checked_before_anything_is_written(command: str, name: st
 
 
 def test_default_study_name_is_a_plain_name() -> None:
-    assert cli._default_study_name("/models/Llama-3.1-8B", "chatbot") == "Llama-3.1-8B-chatbot"
-    assert cli._default_study_name("/models/My Model/", "configs/w/long-context.yaml") == "My-Model-long-context"
-    assert cli._default_study_name("..", "chatbot") == "chatbot"
-    assert cli._default_study_name("/m/.hidden", ".x.yaml") == "hidden-.x"
-    long = cli._default_study_name("/m/" + "x" * 300, "chatbot")
+    from vtune.study import default_study_name
+
+    assert default_study_name("/models/Llama-3.1-8B", "chatbot") == "Llama-3.1-8B-chatbot"
+    assert default_study_name("/models/My Model/", "configs/w/long-context.yaml") == "My-Model-long-context"
+    assert default_study_name("..", "chatbot") == "chatbot"
+    assert default_study_name("/m/.hidden", ".x.yaml") == "hidden-.x"
+    long = default_study_name("/m/" + "x" * 300, "chatbot")
     assert len(long) == 100
 
 

@@ -323,71 +323,17 @@ def _parse_duration_s(text: str | None, flag: str) -> float | None:
     return value
 
 
-def _default_study_name(model: str, workload: str) -> str:
-    """``<model folder>-<workload>``, made a plain name (:func:`vtune._names.clean_name`)."""
-    from pathlib import Path
-
-    from vtune._names import clean_name
-
-    stem = Path(model.rstrip("/")).name or "model"
-    wl = Path(workload).stem
-    return clean_name(f"{stem}-{wl}")
-
-
 def _settings_from_args(args: argparse.Namespace) -> Any:
-    import shlex
-    from pathlib import Path
+    from vtune.study._settings import build_settings
 
-    from vtune._memory import estimate_memory
-    from vtune._model_shape import load_model_shape
-    from vtune._objectives import parse_objectives
-    from vtune._serve_config import parse_serve_args
-    from vtune._space import default_space, load_space_file
-    from vtune._target import apply_engine_defaults, resolve_model, resolve_target
-    from vtune._workload import load_workload
-    from vtune.study._settings import StudySettings
-
-    objectives = parse_objectives(args.objectives)
     if args.n_trials is not None and args.n_trials < 1:
         raise VtuneError(f"--n-trials must be >= 1, got {args.n_trials}")
-    if args.duration_s is not None and args.duration_s <= 0:
-        raise VtuneError(f"--duration-s must be > 0, got {args.duration_s}")
-    workload = _with_concurrency(load_workload(args.workload), args.concurrency)
-    target = resolve_target(args.gpus)
-    fixed = parse_serve_args(_split_dashdash(list(args.vllm_args)))
-    model = resolve_model(args.model or fixed.model or None, target)
-    fixed.model = model
-    if fixed.max_model_len is None:
-        # Size the KV cache for the workload, not for the model's maximum context.
-        fixed.max_model_len = max(256, -(-workload.max_model_len_hint // 256) * 256)
-    user_env = set(fixed.env)
-    fixed = apply_engine_defaults(fixed, target)
-    shape = load_model_shape(model)
-
-    def weights_fit(tp: int, pp: int) -> bool:
-        cfg = fixed.replace(tensor_parallel_size=tp, pipeline_parallel_size=pp, gpu_memory_utilization=0.95)
-        est = estimate_memory(shape, cfg, target.gpu, device=target.device)
-        return est.fits or "weights" not in (est.reason or "")
-
-    space = default_space(device=target.device, num_gpus=target.num_gpus, shape=shape, weights_fit=weights_fit,
-                          cpu_cores=len(target.cpu_cores))
-    if args.space:
-        space = load_space_file(args.space, space)
-    for dim in list(space.dimensions):  # flags fixed after -- are not sampled
-        if dim.name != "parallel_layout" and not dim.name.isupper() and getattr(fixed, dim.name, None) is not None:
-            dim.fixed = getattr(fixed, dim.name)
-        if dim.name.isupper() and dim.name in user_env:
-            dim.fixed = fixed.env[dim.name]
-    layout = space.get("parallel_layout")
-    if layout is not None and any(getattr(fixed, f) is not None for f in (
-            "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")):
-        layout.enabled = False
-    name = args.study or _default_study_name(model, args.workload)
-    return StudySettings(
-        name=name, model=model, workload=workload, space=space, base=fixed, objectives=objectives, target=target,
-        duration_s=args.duration_s, strict_memory=args.strict_memory, remeasure_top_k=args.remeasure,
-        enqueue=[shlex.split(e) for e in (args.enqueue or [])], seed=args.seed,
-        studies_dir=Path(args.studies_dir), configs_dir=Path(args.configs_dir),
+    return build_settings(
+        model=args.model, workload=args.workload, fixed_flags=_split_dashdash(list(args.vllm_args)),
+        objectives=args.objectives, gpus=args.gpus, space_file=args.space, concurrency=args.concurrency,
+        name=args.study, duration_s=args.duration_s, strict_memory=args.strict_memory,
+        remeasure_top_k=args.remeasure, enqueue=args.enqueue, seed=args.seed, studies_dir=args.studies_dir,
+        configs_dir=args.configs_dir,
     )
 
 
@@ -427,7 +373,11 @@ def _cmd_study(args: argparse.Namespace) -> int:
     if summary.best_trial is None:
         print("no trial finished with a result yet")
         return 1
-    print(f"best: trial {summary.best_trial}: {summary.best_flags}")
+    print(f"best: {summary.best_text}\n  {summary.best_flags}")
+    if summary.remeasure_skipped:
+        print(f"re-measurement skipped ({summary.remeasure_skipped}): the time left under --timeout would not "
+              "cover one more measurement" + (f"; re-measured trial(s) {summary.remeasured}" if summary.remeasured
+                                              else ""))
     for path in summary.exported:
         print(f"  wrote {path}")
     print(f"storage: {summary.storage}\n  see: vtune report --study {settings.name}; "
@@ -545,23 +495,20 @@ def _open_existing(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 def _cmd_best(args: argparse.Namespace) -> int:
     from vtune._serve_config import ServeConfig
-    from vtune.study._export import dump_json
-    from vtune.study._selection import pick_trial
+    from vtune.study._export import best_record, dump_json
 
     study, settings, _ = _open_existing(args)
-    trial = pick_trial(study, settings, args.pick)
-    if trial is None:
+    record = best_record(study, settings, args.pick)  # means over the configuration's measurements
+    if record is None:
         raise VtuneError(f"--study {args.study}: no finished trial yet")
-    cfg = ServeConfig.from_dict(trial.user_attrs["config"])
+    cfg = ServeConfig.from_dict(record["config"])
     if args.format == "yaml":
         env = "".join(f"# env: {k}={v}\n" for k, v in sorted(cfg.env.items()))
         print(env + cfg.replace(env={}).to_yaml(), end="")
     elif args.format == "flags":
         print(cfg.to_flags_line())
     else:
-        print(dump_json({"trial": trial.number, "values": trial.values,
-                         "objectives": [o.name for o in settings.objectives], "config": cfg.to_dict(),
-                         "flags": cfg.to_flags_line(), "env": cfg.env, "result": trial.user_attrs.get("result")}))
+        print(dump_json(record))
     return 0
 
 

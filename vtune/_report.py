@@ -17,6 +17,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from vtune.study._baselines import is_off_space
 from vtune.study._selection import best_trials, config_measurements, is_feasible, mean_result, mean_values, pick_trial
 from vtune.study._settings import load_settings
 from vtune.study._storage import make_storage
@@ -117,7 +118,7 @@ def _plots(study: optuna.Study, df: pd.DataFrame, out: Path, names: list[str]) -
         made.append(_save(fig, out / "pareto.png"))
     try:
         if len(study.directions) == 1 and len(done) >= 3:
-            imp = optuna.importance.get_param_importances(study)
+            imp = optuna.importance.get_param_importances(_in_space_copy(study))
             if imp:
                 fig, ax = plt.subplots(figsize=(6, 3))
                 ax.barh(list(imp)[::-1], list(imp.values())[::-1], color="tab:green")
@@ -126,6 +127,20 @@ def _plots(study: optuna.Study, df: pd.DataFrame, out: Path, names: list[str]) -
     except Exception:  # importances need variation in the params: skip when there is none
         pass
     return made
+
+
+def _in_space_copy(study: optuna.Study) -> optuna.Study:
+    """The study without its off-space baselines (an in-memory copy; the study itself if it has none).
+
+    Their parameters hold values outside the space, recorded with widened distributions, which
+    would drop those dimensions from the importances.
+    """
+    trials = study.get_trials(deepcopy=False)
+    if not any(is_off_space(t) for t in trials):
+        return study
+    copy = optuna.create_study(directions=study.directions)
+    copy.add_trials([t for t in trials if t.state.is_finished() and not is_off_space(t)])
+    return copy
 
 
 def write_report(name: str, *, storage_url: str, studies_dir: Path, configs_dir: Path) -> Path:
@@ -224,6 +239,10 @@ def _baselines_section(study: optuna.Study, tuned: list[FrozenTrial]) -> str:
             "goodput rps": g if g is not None else math.nan, "throughput tok/s": tp if tp is not None else math.nan,
             "tuned/baseline goodput": (best_g / g) if g and best_g is not None else math.nan,
             "tuned/baseline throughput": (best_tp / tp) if tp and best_tp is not None else math.nan,
+            "sampler": ("kept out (off the space: " + ", ".join(sorted(t.user_attrs["off_space"])) + ")"
+                        if is_off_space(t) else "learns from it"),
         })
     return (f"\n### Tuned vs baselines\n\nEach side is the mean over its configuration's measurements "
-            f"(tuned: {len(tuned)}).\n\n" + _md(pd.DataFrame(rows)))
+            f"(tuned: {len(tuned)}). A baseline off the search space (a value the space does not offer) is "
+            f"recorded with the values it ran with and kept out of the sampler's history.\n\n"
+            + _md(pd.DataFrame(rows)))

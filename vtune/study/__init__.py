@@ -1,10 +1,11 @@
 """The study: an Optuna search over vLLM flags, measured on real engines.
 
 Modules by concern: :mod:`._settings` (what defines a study), :mod:`._storage` (storages,
-heartbeats, stale trials), :mod:`._baselines`, :mod:`._runner` (one trial), :mod:`._packing`
-(trials at once on disjoint GPUs/cores), :mod:`._selection` (configuration means, best, pick),
-:mod:`._pruner`, :mod:`._export` (configs/ files, summary), :mod:`._submit` (Slurm/PBS),
-and :mod:`._study` (run_study, run_worker).
+heartbeats, stale trials), :mod:`._baselines` (and what the sampler learns from them),
+:mod:`._runner` (one trial), :mod:`._packing` (trials at once on disjoint GPUs/cores),
+:mod:`._selection` (configuration means, best, pick), :mod:`._pruner`, :mod:`._remeasure`
+(the end-of-study re-measurements, inside the time budget), :mod:`._export` (configs/ files,
+``best`` JSON, summary), :mod:`._submit` (Slurm/PBS), and :mod:`._study` (run_study, run_worker).
 
 Names load on first use, so importing a submodule (``vtune.study._submit``) does not
 import Optuna.
@@ -16,8 +17,26 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vtune.study._baselines import baseline_configs, enqueue_baselines
-    from vtune.study._export import StudySummary, dump_json, export_best, json_safe, summarize
+    from vtune.study._baselines import (
+        InSpaceSampler,
+        baseline_configs,
+        baseline_params,
+        dimension_value,
+        enqueue_baselines,
+        in_dimension,
+        is_off_space,
+        suggest_baseline,
+        vllm_default_values,
+    )
+    from vtune.study._export import (
+        StudySummary,
+        best_record,
+        dump_json,
+        export_best,
+        json_safe,
+        mean_result_dict,
+        summarize,
+    )
     from vtune.study._packing import (
         CPU_TRIAL_OVERHEAD_GIB,
         ResourcePool,
@@ -27,6 +46,7 @@ if TYPE_CHECKING:
         pick_positions,
     )
     from vtune.study._pruner import NoiseAwarePruner
+    from vtune.study._remeasure import Remeasured, remeasure
     from vtune.study._runner import (
         GPU_MEMORY_TOLERANCE_MIB,
         GPU_MEMORY_WAIT_S,
@@ -40,38 +60,54 @@ if TYPE_CHECKING:
         elapsed_s,
     )
     from vtune.study._selection import (
+        Configuration,
+        best_configurations,
         best_trials,
         config_groups,
         config_key,
         config_measurements,
+        configurations,
+        describe_measurements,
         is_feasible,
         mean_result,
         mean_values,
         measured_noise,
+        pick_configuration,
         pick_trial,
     )
-    from vtune.study._settings import ATTR, SCHEMA_VERSION, StudySettings, load_settings
+    from vtune.study._settings import (
+        ATTR,
+        SCHEMA_VERSION,
+        StudySettings,
+        build_settings,
+        default_study_name,
+        load_settings,
+    )
     from vtune.study._storage import (
         GRACE_PERIOD_S,
         HEARTBEAT_INTERVAL_S,
         default_storage,
+        heartbeat_interval_s,
         make_storage,
         recover_stale_trials,
         wait_for_running,
     )
-    from vtune.study._study import open_study, prepare_study, remeasure, run_study, run_worker, worker_target
+    from vtune.study._study import open_study, prepare_study, run_study, run_worker, worker_target
     from vtune.study._submit import walltime_hms, worker_job_script
 
 _HOME = {
     "ATTR": "vtune.study._settings",
     "CPU_TRIAL_OVERHEAD_GIB": "vtune.study._packing",
+    "Configuration": "vtune.study._selection",
     "GPU_MEMORY_TOLERANCE_MIB": "vtune.study._runner",
     "GPU_MEMORY_WAIT_S": "vtune.study._runner",
     "GRACE_PERIOD_S": "vtune.study._storage",
     "GpuMemoryNotBack": "vtune.study._runner",
     "HEARTBEAT_INTERVAL_S": "vtune.study._storage",
+    "InSpaceSampler": "vtune.study._baselines",
     "NoiseAwarePruner": "vtune.study._pruner",
     "REUSE_AFTER": "vtune.study._runner",
+    "Remeasured": "vtune.study._remeasure",
     "ResourcePool": "vtune.study._packing",
     "SCHEMA_VERSION": "vtune.study._settings",
     "STRICT_SEQS_FACTOR": "vtune.study._runner",
@@ -79,52 +115,70 @@ _HOME = {
     "StudySummary": "vtune.study._export",
     "TrialFailed": "vtune.study._runner",
     "baseline_configs": "vtune.study._baselines",
+    "baseline_params": "vtune.study._baselines",
+    "best_configurations": "vtune.study._selection",
+    "best_record": "vtune.study._export",
     "best_trials": "vtune.study._selection",
+    "build_settings": "vtune.study._settings",
     "config_groups": "vtune.study._selection",
     "config_key": "vtune.study._selection",
     "config_measurements": "vtune.study._selection",
     "config_problem": "vtune.study._runner",
+    "configurations": "vtune.study._selection",
     "count_done": "vtune.study._runner",
     "count_started": "vtune.study._runner",
     "cpu_trial_memory_gib": "vtune.study._packing",
     "default_concurrency": "vtune.study._packing",
     "default_storage": "vtune.study._storage",
+    "default_study_name": "vtune.study._settings",
+    "describe_measurements": "vtune.study._selection",
+    "dimension_value": "vtune.study._baselines",
     "dump_json": "vtune.study._export",
     "elapsed_s": "vtune.study._runner",
     "enqueue_baselines": "vtune.study._baselines",
     "export_best": "vtune.study._export",
+    "heartbeat_interval_s": "vtune.study._storage",
+    "in_dimension": "vtune.study._baselines",
     "is_feasible": "vtune.study._selection",
+    "is_off_space": "vtune.study._baselines",
     "json_safe": "vtune.study._export",
     "layout_sizes": "vtune.study._packing",
     "load_settings": "vtune.study._settings",
     "make_storage": "vtune.study._storage",
     "mean_result": "vtune.study._selection",
+    "mean_result_dict": "vtune.study._export",
     "mean_values": "vtune.study._selection",
     "measured_noise": "vtune.study._selection",
     "open_study": "vtune.study._study",
+    "pick_configuration": "vtune.study._selection",
     "pick_positions": "vtune.study._packing",
     "pick_trial": "vtune.study._selection",
     "prepare_study": "vtune.study._study",
     "recover_stale_trials": "vtune.study._storage",
-    "remeasure": "vtune.study._study",
+    "remeasure": "vtune.study._remeasure",
     "run_study": "vtune.study._study",
     "run_worker": "vtune.study._study",
+    "suggest_baseline": "vtune.study._baselines",
     "summarize": "vtune.study._export",
+    "vllm_default_values": "vtune.study._baselines",
     "wait_for_running": "vtune.study._storage",
     "walltime_hms": "vtune.study._submit",
     "worker_job_script": "vtune.study._submit",
     "worker_target": "vtune.study._study",
 }
 __all__ = [
-    "ATTR", "CPU_TRIAL_OVERHEAD_GIB", "GPU_MEMORY_TOLERANCE_MIB", "GPU_MEMORY_WAIT_S", "GRACE_PERIOD_S",
-    "GpuMemoryNotBack", "HEARTBEAT_INTERVAL_S", "NoiseAwarePruner", "REUSE_AFTER", "ResourcePool", "SCHEMA_VERSION",
-    "STRICT_SEQS_FACTOR", "StudySettings", "StudySummary", "TrialFailed", "baseline_configs", "best_trials",
-    "config_groups", "config_key", "config_measurements", "config_problem", "count_done", "count_started",
-    "cpu_trial_memory_gib", "default_concurrency", "default_storage", "dump_json", "elapsed_s", "enqueue_baselines",
-    "export_best", "is_feasible", "json_safe", "layout_sizes", "load_settings", "make_storage", "mean_result",
-    "mean_values", "measured_noise", "open_study", "pick_positions", "pick_trial", "prepare_study",
-    "recover_stale_trials", "remeasure", "run_study", "run_worker", "summarize", "wait_for_running", "walltime_hms",
-    "worker_job_script", "worker_target",
+    "ATTR", "CPU_TRIAL_OVERHEAD_GIB", "Configuration", "GPU_MEMORY_TOLERANCE_MIB", "GPU_MEMORY_WAIT_S",
+    "GRACE_PERIOD_S", "GpuMemoryNotBack", "HEARTBEAT_INTERVAL_S", "InSpaceSampler", "NoiseAwarePruner",
+    "REUSE_AFTER", "Remeasured", "ResourcePool", "SCHEMA_VERSION", "STRICT_SEQS_FACTOR", "StudySettings",
+    "StudySummary", "TrialFailed", "baseline_configs", "baseline_params", "best_configurations", "best_record",
+    "best_trials", "build_settings", "config_groups", "config_key", "config_measurements", "config_problem",
+    "configurations", "count_done", "count_started", "cpu_trial_memory_gib", "default_concurrency",
+    "default_storage", "default_study_name", "describe_measurements", "dimension_value", "dump_json", "elapsed_s",
+    "enqueue_baselines", "export_best", "heartbeat_interval_s", "in_dimension", "is_feasible", "is_off_space",
+    "json_safe", "layout_sizes", "load_settings", "make_storage", "mean_result", "mean_result_dict", "mean_values",
+    "measured_noise", "open_study", "pick_configuration", "pick_positions", "pick_trial", "prepare_study",
+    "recover_stale_trials", "remeasure", "run_study", "run_worker", "suggest_baseline", "summarize",
+    "vllm_default_values", "wait_for_running", "walltime_hms", "worker_job_script", "worker_target",
 ]
 
 

@@ -8,7 +8,7 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
-from vtune.study._selection import config_groups, is_feasible, measured_noise
+from vtune.study._selection import configurations, is_feasible, measured_noise
 
 __all__ = ["NoiseAwarePruner"]
 
@@ -18,10 +18,10 @@ class NoiseAwarePruner(BasePruner):
 
     A trial's load runs in equal steps and reports the cumulative objective
     after each. The trial is stopped when even an optimistic reading of it is
-    worse than the best *configuration*: the best mean over the finished
-    feasible trials of one configuration (a single lucky measurement does not
-    set the bar). Optimistic means ``mean x (1 + noise) + z x stderr`` when
-    maximizing, where ``stderr`` comes from the trial's own step values and
+    worse than the best *configuration*: the best mean over the measurements of
+    one configuration whose mean SLO constraints are met (a single lucky
+    measurement does not set the bar). Optimistic means
+    ``mean x (1 + noise) + z x stderr`` when maximizing, where ``stderr`` comes from the trial's own step values and
     ``noise`` is the larger of ``noise_rel`` and two standard deviations of the
     run-to-run noise measured in this study (configurations measured more than
     once, re-measurements). A replay of a landscape recorded on a shared 2-core
@@ -49,14 +49,14 @@ class NoiseAwarePruner(BasePruner):
         steps = sorted(trial.intermediate_values)
         if len(steps) < self.min_steps:
             return False
-        finished = [
-            t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and is_feasible(t)
-        ]
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        finished = [t for t in done if t.value is not None and is_feasible(t)]
         if len(finished) < self.n_startup_trials:
             return False
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        means = [sum(float(t.values[0]) for t in g) / len(g) for g in config_groups(finished).values()]
+        means = [c.values[0] for c in configurations(done) if c.feasible]
+        if not means:
+            return False
         best = max(means) if maximize else min(means)
         sd = measured_noise(finished, study.user_attrs.get("remeasurements"))
         noise = max(self.noise_rel, 2 * sd) if sd is not None else self.noise_rel

@@ -24,6 +24,7 @@ from vtune._objectives import Objective, objective_summary, slo_constraints
 from vtune._serve_config import ServeConfig
 from vtune._space import layout_name
 from vtune._trial import TrialRecord, run_trial
+from vtune.study._baselines import suggest_baseline
 from vtune.study._settings import StudySettings
 from vtune.study._storage import _worker_id
 
@@ -179,10 +180,11 @@ class _Runner:
         t0 = time.monotonic()
         s = self.s
         trial.set_user_attr("worker", _worker_id())
-        cfg = s.space.sample(trial, s.base)
         baseline = trial.user_attrs.get("baseline")
         if baseline and trial.user_attrs.get("baseline_config"):
-            cfg = ServeConfig.from_dict(trial.user_attrs["baseline_config"]).replace(model=s.model)
+            cfg = suggest_baseline(trial, s)  # its parameters are exactly what it runs with
+        else:
+            cfg = s.space.sample(trial, s.base)
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("flags", cfg.to_flags_line())
         what = baseline or " ".join(f"{k}={v}" for k, v in trial.params.items())

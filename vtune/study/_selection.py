@@ -1,12 +1,16 @@
-"""Selection: configuration groups and means, the best trials, ``--pick``, measured noise.
+"""Selection: configurations and their means, the best ones, ``--pick``, measured noise.
 
-A configuration measured several times counts with the mean of its measurements everywhere
-(ranking, the progress line, the export header, ``best --format json``, the report).
+A configuration (one flags line) measured several times counts with the mean of its
+measurements everywhere: ranking, feasibility (the mean of each SLO constraint, as a trial
+that reuses earlier measurements records it), the Pareto front, the progress line, the
+export header, ``best --format json``, the study summary and the report. Trials that reused
+earlier measurements (no launch) are not measurements.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -16,8 +20,9 @@ from vtune._objectives import objective_summary
 from vtune.study._settings import StudySettings
 
 __all__ = [
-    "best_trials", "config_groups", "config_key", "config_measurements", "is_feasible", "mean_result",
-    "mean_values", "measured_noise", "pick_trial",
+    "Configuration", "best_configurations", "best_trials", "config_groups", "config_key", "config_measurements",
+    "configurations", "describe_measurements", "is_feasible", "mean_result", "mean_values", "measured_noise",
+    "pick_configuration", "pick_trial",
 ]
 
 
@@ -26,7 +31,7 @@ def is_feasible(trial: FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 def config_groups(trials: list[FrozenTrial]) -> dict[str, list[FrozenTrial]]:
-    """Measured trials grouped by configuration (their flags line), in trial order.
+    """Trials grouped by configuration (their flags line), in trial order.
 
     Trials that reused earlier measurements (no launch) are left out.
     """
@@ -41,16 +46,69 @@ def config_key(trial: FrozenTrial) -> str:
     """What makes two trials the same configuration: their flags line (else their parameters)."""
     return trial.user_attrs.get("flags") or repr(sorted(trial.params.items()))
 
-def config_measurements(trials: list[FrozenTrial], trial: FrozenTrial) -> list[FrozenTrial]:
-    """The completed, measured trials of ``trial``'s configuration (it included), in trial order."""
-    done = [t for t in trials if t.values is not None and t.user_attrs.get("result")
+def _measured(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The measurements among ``trials``: completed, with values, not reused."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
             and not t.user_attrs.get("reused_from")]
-    return config_groups(done).get(config_key(trial)) or [trial]
+
+def config_measurements(trials: list[FrozenTrial], trial: FrozenTrial) -> list[FrozenTrial]:
+    """The measurements of ``trial``'s configuration (it included), in trial order."""
+    return config_groups(_measured(trials)).get(config_key(trial)) or [trial]
 
 def mean_result(group: list[FrozenTrial], metric: str) -> float | None:
     """Mean of one result metric (e.g. ``goodput_requests_per_second``) over a configuration's measurements."""
     vals = [float(v) for t in group if (v := (t.user_attrs.get("result") or {}).get(metric)) is not None]
     return sum(vals) / len(vals) if vals else None
+
+def mean_values(group: list[FrozenTrial]) -> list[float]:
+    """Objective values averaged over a configuration's measurements."""
+    return [sum(float(t.values[i]) for t in group) / len(group) for i in range(len(group[0].values))]
+
+@dataclass(frozen=True)
+class Configuration:
+    """One configuration and its measurements.
+
+    Attributes:
+        key: Its flags line (:func:`config_key`).
+        trials: Its measurements, in trial order (at least one).
+        values: Objective values averaged over them.
+        constraints: Each SLO constraint averaged over them (<= 0: met).
+    """
+
+    key: str
+    trials: tuple[FrozenTrial, ...]
+    values: tuple[float, ...]
+    constraints: dict[str, float]
+
+    @property
+    def trial(self) -> FrozenTrial:
+        """The trial that stands for the configuration: its latest measurement."""
+        return self.trials[-1]
+
+    @property
+    def numbers(self) -> list[int]:
+        """Trial numbers of the measurements."""
+        return [t.number for t in self.trials]
+
+    @property
+    def feasible(self) -> bool:
+        """Whether the mean of every constraint is met."""
+        return all(v <= 0 for v in self.constraints.values())
+
+def configurations(trials: list[FrozenTrial]) -> list[Configuration]:
+    """The measured configurations among ``trials``, each with its means, in order of first measurement."""
+    out = []
+    for key, group in config_groups(_measured(trials)).items():
+        names = sorted({name for t in group for name in t.constraints})
+        constraints = {n: sum(float(t.constraints.get(n, 0.0)) for t in group) / len(group) for n in names}
+        out.append(Configuration(key, tuple(group), tuple(mean_values(group)), constraints))
+    return out
+
+def describe_measurements(conf: Configuration) -> str:
+    """``1 measurement: trial 3`` or ``mean of 2 measurements: trials 5, 6``."""
+    if len(conf.trials) == 1:
+        return f"1 measurement: trial {conf.trial.number}"
+    return f"mean of {len(conf.trials)} measurements: trials {', '.join(str(n) for n in conf.numbers)}"
 
 def measured_noise(trials: list[FrozenTrial], remeasurements: dict[str, list[float]] | None = None) -> float | None:
     """Pooled standard deviation of log(value) over configurations measured more than once.
@@ -74,43 +132,50 @@ def measured_noise(trials: list[FrozenTrial], remeasurements: dict[str, list[flo
     dof = sum(len(vs) - 1 for vs in samples)
     return math.sqrt(num / dof) if dof else None
 
-def mean_values(group: list[FrozenTrial]) -> list[float]:
-    """Objective values averaged over a configuration's measurements."""
-    return [sum(float(t.values[i]) for t in group) / len(group) for i in range(len(group[0].values))]
+def best_configurations(study: optuna.Study) -> list[Configuration]:
+    """The best configurations by their means: ranked (one objective) or the Pareto front (several).
+
+    Only feasible configurations (every mean constraint met) count, unless none is.
+    """
+    confs = configurations(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    confs = [c for c in confs if c.feasible] or confs
+    if not confs:
+        return []
+    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+    if len(signs) == 1:
+        return sorted(confs, key=lambda c: -signs[0] * c.values[0])
+    return _pareto_front(confs, signs)
+
+def _pareto_front(confs: list[Configuration], signs: list[float]) -> list[Configuration]:
+    """The configurations no other one dominates (by their means), in order of first measurement."""
+    scored = [[s * v for s, v in zip(signs, c.values, strict=True)] for c in confs]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b, strict=True)) and any(x > y for x, y in zip(a, b, strict=True))
+
+    return [c for c, a in zip(confs, scored, strict=True) if not any(dominates(b, a) for b in scored)]
 
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Feasible best trials: the best one, or the Pareto front (multi-objective)."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values is not None]
-    feasible = [t for t in done if is_feasible(t)] or done
-    if not feasible:
-        return []
-    if len(study.directions) == 1:
-        # Rank configurations by the mean of their measurements (a configuration the sampler
-        # proposed twice is not judged by its luckier draw); each is represented by its latest trial.
-        sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
-        groups = config_groups(feasible).values()
-        ranked = sorted(groups, key=lambda g: -sign * sum(float(t.values[0]) for t in g) / len(g))
-        return [g[-1] for g in ranked]
-    from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+    """The trials standing for :func:`best_configurations` (each one's latest measurement)."""
+    return [c.trial for c in best_configurations(study)]
 
-    return _get_pareto_front_trials_by_trials(feasible, study.directions)
+def pick_configuration(study: optuna.Study, settings: StudySettings, pick: str | None = None) -> Configuration | None:
+    """The best configuration; with ``pick`` (e.g. ``ttft_p99<500``), the best of the front meeting it.
 
-def pick_trial(study: optuna.Study, settings: StudySettings, pick: str | None = None) -> FrozenTrial | None:
-    """The best trial; with ``pick`` (e.g. ``ttft_p99<500``), the best of the front meeting it.
-
-    The first objective ranks the candidates; ``pick`` filters them by another
-    objective's bound.
+    The first objective's mean ranks the candidates; ``pick`` filters them by another
+    objective's mean.
 
     Raises:
-        VtuneError: A malformed ``--pick`` or no trial meeting it.
+        VtuneError: A malformed ``--pick`` or no configuration meeting it.
     """
     import re
 
-    front = best_trials(study)
+    front = best_configurations(study)
     if not front:
         return None
+    ranked = _rank_front(front, settings)
     if not pick:
-        return front[0] if len(study.directions) == 1 else _rank_front(front, settings)[0]
+        return ranked[0]
     m = re.match(r"^\s*([a-z0-9_]+)\s*(<=|<|>=|>)\s*([0-9.]+)\s*$", pick)
     names = [o.name for o in settings.objectives]
     if not m or m.group(1) not in names:
@@ -118,22 +183,23 @@ def pick_trial(study: optuna.Study, settings: StudySettings, pick: str | None = 
     idx, op, bound = names.index(m.group(1)), m.group(2), float(m.group(3))
     ok = {"<": lambda v: v < bound, "<=": lambda v: v <= bound, ">": lambda v: v > bound,
           ">=": lambda v: v >= bound}[op]
-    chosen = [t for t in _rank_front(front, settings) if ok(float(t.values[idx]))]
+    chosen = [c for c in ranked if ok(float(c.values[idx]))]
     if not chosen:
-        raise VtuneError(f"--pick {pick}: no trial on the Pareto front meets it")
+        raise VtuneError(f"--pick {pick}: no configuration on the Pareto front meets it")
     return chosen[0]
 
-def _rank_front(front: list[FrozenTrial], settings: StudySettings) -> list[FrozenTrial]:
+def pick_trial(study: optuna.Study, settings: StudySettings, pick: str | None = None) -> FrozenTrial | None:
+    """The trial standing for :func:`pick_configuration`'s choice (None: nothing measured yet)."""
+    conf = pick_configuration(study, settings, pick)
+    return conf.trial if conf else None
+
+def _rank_front(front: list[Configuration], settings: StudySettings) -> list[Configuration]:
     first = settings.objectives[0]
-    return sorted(front, key=lambda t: -float(t.values[0]) if first.maximize else float(t.values[0]))
+    return sorted(front, key=lambda c: -float(c.values[0]) if first.maximize else float(c.values[0]))
 
 def _best_text(study: optuna.Study, settings: StudySettings) -> str:
-    best = best_trials(study)
-    if not best:
+    """The progress line's ``best ...`` text: the best configuration's means and its measurements."""
+    conf = pick_configuration(study, settings)
+    if conf is None:
         return ""
-    t = best[0]
-    group = config_measurements(study.get_trials(deepcopy=False), t)
-    if len(group) == 1:
-        return f"{objective_summary(settings.objectives, t.values)} (trial {t.number})"
-    return (f"{objective_summary(settings.objectives, mean_values(group))} (mean of trials "
-            f"{', '.join(str(g.number) for g in group)})")
+    return f"{objective_summary(settings.objectives, list(conf.values))} ({describe_measurements(conf)})"

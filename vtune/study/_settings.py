@@ -1,7 +1,14 @@
-"""Study settings: everything that defines a study, stored with it so that workers can join."""
+"""Study settings: everything that defines a study, stored with it so that workers can join.
+
+:func:`build_settings` makes them from what a user gives (the same inputs as ``vtune study``'s
+flags): it sizes max-model-len for the workload, asks the memory model which layouts hold the
+weights, builds the default search space over this hardware, applies a space file and keeps
+fixed flags out of the sampling. :func:`load_settings` rebuilds them from a study's storage.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +22,7 @@ from vtune._space import SearchSpace
 from vtune._target import Target
 from vtune._workload import Workload
 
-__all__ = ["ATTR", "SCHEMA_VERSION", "StudySettings", "load_settings"]
+__all__ = ["ATTR", "SCHEMA_VERSION", "StudySettings", "build_settings", "default_study_name", "load_settings"]
 
 
 SCHEMA_VERSION = 1
@@ -104,4 +111,149 @@ def load_settings(study: optuna.Study, *, studies_dir: Path, configs_dir: Path) 
         base=ServeConfig.from_dict(data["base"]), objectives=parse_objectives(",".join(data["objectives"])),
         target=target, duration_s=data.get("duration_s"), strict_memory=bool(data.get("strict_memory")),
         remeasure_top_k=int(data.get("remeasure_top_k", 2)), studies_dir=studies_dir, configs_dir=configs_dir,
+    )
+
+def default_study_name(model: str, workload: str) -> str:
+    """``<model folder>-<workload>``, made a plain name (:func:`vtune._names.clean_name`)."""
+    from vtune._names import clean_name
+
+    stem = Path(model.rstrip("/")).name or "model"
+    wl = Path(workload).stem
+    return clean_name(f"{stem}-{wl}")
+
+
+def build_settings(
+    *,
+    model: str | None = None,
+    workload: str | Workload = "chatbot",
+    fixed_flags: Sequence[str] | None = None,
+    objectives: str | Sequence[Objective] | None = None,
+    gpus: str | None = None,
+    space_file: str | Path | None = None,
+    concurrency: int | None = None,
+    name: str | None = None,
+    duration_s: float | None = None,
+    strict_memory: bool = False,
+    remeasure_top_k: int = 2,
+    enqueue: Sequence[str | Sequence[str]] | None = None,
+    seed: int | None = None,
+    studies_dir: str | Path = Path("studies"),
+    configs_dir: str | Path = Path("configs"),
+    target: Target | None = None,
+) -> StudySettings:
+    """The settings of a study, as ``vtune study`` makes them from its flags.
+
+    * the hardware: ``target``, else the GPUs found here (``gpus`` picks some), else vLLM's CPU engine;
+    * the model: ``model``, else a model among ``fixed_flags``, else (CPU engine) the built-in one;
+    * ``--max-model-len`` (unless fixed) is the workload's longest request rounded up to 256,
+      so the KV cache is sized for the workload, not for the model's longest context;
+    * vtune's engine defaults (the CPU engine's KV cache space) unless given;
+    * the search space: the parallel layouts whose weights fit (memory model), batch limits and
+      memory on this hardware, then ``space_file``; a dimension fixed by ``fixed_flags`` is not
+      sampled (the layout is not when TP, PP or DP is fixed).
+
+    Args:
+        model: Model folder or hub id (``--model``).
+        workload: A built-in name, a YAML or JSONL file, or a :class:`Workload` (``--workload``).
+        fixed_flags: ``vllm serve`` flags fixed for every trial (what follows ``--``).
+        objectives: ``goodput`` (default), ``throughput``, ... or a list of them (``--objectives``).
+        gpus: GPU indices, e.g. ``0,1`` (``--gpus``; default: all found).
+        space_file: A search-space YAML (``--space``).
+        concurrency: Concurrent streams of the workload's load (``--concurrency``).
+        name: The study's name (``--study``; default ``<model folder>-<workload>``).
+        duration_s: Measured load seconds per trial (``--duration-s``; None: the workload's).
+        strict_memory: Also prune max-num-seqs far above the KV concurrency (``--strict-memory``).
+        remeasure_top_k: Best configurations re-measured at the end (``--remeasure``).
+        enqueue: Extra configurations tried first: each a quoted flags string or a list of flags
+            (``--enqueue``).
+        seed: Sampler seed (``--seed``).
+        studies_dir: Where studies live (``--studies-dir``).
+        configs_dir: Where the best config is exported (``--configs-dir``).
+        target: The hardware to use instead of finding it (e.g. tests, another machine's).
+
+    Raises:
+        VtuneError: A bad argument, in one line naming the flag and the fix.
+    """
+    import shlex
+
+    from vtune._memory import estimate_memory
+    from vtune._model_shape import load_model_shape
+    from vtune._objectives import parse_objectives
+    from vtune._serve_config import parse_serve_args
+    from vtune._space import default_space, load_space_file
+    from vtune._target import apply_engine_defaults, resolve_model, resolve_target
+    from vtune._workload import load_workload
+
+    if isinstance(objectives, str) or objectives is None:
+        objs = parse_objectives(objectives)
+    else:
+        objs = list(objectives)
+        if not objs or not all(isinstance(o, Objective) for o in objs):
+            raise VtuneError("--objectives: give names like goodput,ttft_p99 or a list of Objective")
+    if duration_s is not None and duration_s <= 0:
+        raise VtuneError(f"--duration-s must be > 0, got {duration_s:g}")
+    if concurrency is not None and concurrency < 1:
+        raise VtuneError(f"--concurrency must be >= 1, got {concurrency}")
+    if remeasure_top_k < 0:
+        raise VtuneError(f"--remeasure must be >= 0, got {remeasure_top_k}")
+    if name is not None:
+        from vtune._names import check_name
+
+        check_name(name, "--study")
+    if isinstance(workload, Workload):
+        wl, wl_label = workload, workload.name
+    elif isinstance(workload, str):
+        wl, wl_label = load_workload(workload), workload
+    else:
+        raise VtuneError(f"--workload: give a built-in name or a file, got {type(workload).__name__}")
+    if concurrency is not None:
+        import dataclasses
+
+        wl = dataclasses.replace(wl, load=dataclasses.replace(wl.load, streams=concurrency))
+    target = target or resolve_target(gpus)
+    flags = list(fixed_flags or [])
+    fixed = parse_serve_args(flags[1:] if flags[:1] == ["--"] else flags)
+    model = resolve_model(model or fixed.model or None, target)
+    fixed.model = model
+    if fixed.max_model_len is None:
+        # Size the KV cache for the workload, not for the model's maximum context.
+        fixed.max_model_len = max(256, -(-wl.max_model_len_hint // 256) * 256)
+    user_env = set(fixed.env)
+    fixed = apply_engine_defaults(fixed, target)
+    shape = load_model_shape(model)
+
+    def weights_fit(tp: int, pp: int) -> bool:
+        cfg = fixed.replace(tensor_parallel_size=tp, pipeline_parallel_size=pp, gpu_memory_utilization=0.95)
+        est = estimate_memory(shape, cfg, target.gpu, device=target.device)
+        return est.fits or "weights" not in (est.reason or "")
+
+    space = default_space(device=target.device, num_gpus=target.num_gpus, shape=shape, weights_fit=weights_fit,
+                          cpu_cores=len(target.cpu_cores))
+    if space_file:
+        space = load_space_file(space_file, space)
+    for dim in list(space.dimensions):  # flags fixed after -- are not sampled
+        if dim.name != "parallel_layout" and not dim.name.isupper() and getattr(fixed, dim.name, None) is not None:
+            dim.fixed = getattr(fixed, dim.name)
+        if dim.name.isupper() and dim.name in user_env:
+            dim.fixed = fixed.env[dim.name]
+    layout = space.get("parallel_layout")
+    if layout is not None and any(getattr(fixed, f) is not None for f in (
+            "tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")):
+        layout.enabled = False
+    extra: list[list[str]] = []
+    for item in enqueue or []:
+        tokens = shlex.split(item) if isinstance(item, str) else [str(x) for x in item]
+        if not tokens:
+            raise VtuneError("--enqueue: give the quoted vLLM flags of a configuration, e.g. --enqueue "
+                             "\"--max-num-seqs 64\"")
+        try:
+            parse_serve_args(tokens)
+        except VtuneError as exc:
+            raise VtuneError(f"--enqueue {shlex.join(tokens)}: {exc}") from None
+        extra.append(tokens)
+    return StudySettings(
+        name=name or default_study_name(model, wl_label), model=model, workload=wl, space=space, base=fixed,
+        objectives=objs, target=target, duration_s=duration_s, strict_memory=strict_memory,
+        remeasure_top_k=remeasure_top_k, enqueue=extra, seed=seed, studies_dir=Path(studies_dir),
+        configs_dir=Path(configs_dir),
     )

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from vtune._errors import VtuneError
 
 __all__ = [
-    "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "default_storage", "make_storage", "recover_stale_trials",
-    "wait_for_running",
+    "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "default_storage", "heartbeat_interval_s", "make_storage",
+    "recover_stale_trials", "wait_for_running",
 ]
 
 
@@ -86,6 +86,9 @@ class _VtuneRDBStorage(optuna.storages.RDBStorage):
                     fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # Private Optuna API, checked against Optuna 5.0.0 (unchanged since 3.6): the public
+        # heartbeat_stale_trial_callback is called only once the trial is FAIL, when its user
+        # attributes can no longer be written, so the reason is written here, while it is RUNNING.
         stale = list(super()._get_stale_trial_ids(study_id))
         for trial_id in stale:
             _note_worker_lost(self, trial_id, self.grace_period or 2 * (self.heartbeat_interval or 0))
@@ -242,12 +245,30 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
         killed = _kill_stale_engine(t.user_attrs.get("engine") or {})
         reason = (f"interrupted: the vtune process (pid {pid} on {here}) died while this trial ran; "
                   f"marked failed on resume{' and its engine was stopped' if killed else ''}")
-        storage = study._storage
-        storage.set_trial_user_attr(t._trial_id, "failure", {"kind": "interrupted", "message": reason,
-                                                             "log_line": None, "exit_code": None})
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        _set_trial_user_attr(study, t, "failure", {"kind": "interrupted", "message": reason,
+                                                   "log_line": None, "exit_code": None})
+        study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         marked.append(t.number)
     return marked
+
+def _study_storage(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage behind a study.
+
+    Private Optuna API (``Study._storage``), checked against Optuna 5.0.0: Optuna has no
+    public accessor. Used only where no public API exists: writing a user attribute of a
+    trial known by its number, and asking a storage for its heartbeat interval.
+    """
+    return study._storage
+
+def _set_trial_user_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
+    """Sets a user attribute of a running trial of another process (no public API: by trial id)."""
+    _study_storage(study).set_trial_user_attr(trial._trial_id, key, value)
+
+def heartbeat_interval_s(study: optuna.Study) -> float | None:
+    """Seconds between the study's heartbeats (None: its storage sends none, e.g. a journal file)."""
+    get = getattr(_study_storage(study), "get_heartbeat_interval", None)
+    interval = get() if callable(get) else None
+    return float(interval) if interval else None
 
 def wait_for_running(study: optuna.Study, *, quiet: bool = False, poll_s: float | None = None) -> None:
     """Waits until no trial of the study runs anywhere; fails those of lost workers meanwhile.
@@ -255,13 +276,10 @@ def wait_for_running(study: optuna.Study, *, quiet: bool = False, poll_s: float 
     Without heartbeats (a journal storage) only trials left by dead processes of
     this host are failed, and trials of other hosts are not waited for.
     """
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    storage = study._storage
-    if not is_heartbeat_enabled(storage):
+    interval = heartbeat_interval_s(study)
+    if interval is None:
         recover_stale_trials(study)
         return
-    interval = float(storage.get_heartbeat_interval() or 1)  # type: ignore[attr-defined]
     poll = poll_s if poll_s is not None else min(5.0, interval)
     announced: set[int] = set()
     while True:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,15 +57,15 @@ from optuna.trial import FrozenTrial
 
 from vtune._errors import VtuneError
 from vtune._model_shape import ModelShape, load_model_shape
-from vtune._serve_config import ServeConfig
 from vtune._target import Target
 from vtune._trial import run_trial
-from vtune.study._baselines import enqueue_baselines
+from vtune.study._baselines import InSpaceSampler, enqueue_baselines
 from vtune.study._export import StudySummary, export_best, summarize
 from vtune.study._packing import default_concurrency, layout_sizes
 from vtune.study._pruner import NoiseAwarePruner
+from vtune.study._remeasure import Remeasured, remeasure
 from vtune.study._runner import TrialFailed, TrialFn, _Progress, _Runner, count_done, count_started, elapsed_s
-from vtune.study._selection import _best_text, best_trials
+from vtune.study._selection import _best_text
 from vtune.study._settings import ATTR, StudySettings, load_settings
 from vtune.study._storage import (
     GRACE_PERIOD_S,
@@ -75,7 +76,7 @@ from vtune.study._storage import (
     wait_for_running,
 )
 
-__all__ = ["open_study", "prepare_study", "remeasure", "run_study", "run_worker", "worker_target"]
+__all__ = ["Remeasured", "open_study", "prepare_study", "remeasure", "run_study", "run_worker", "worker_target"]
 
 
 def _make_sampler(settings: StudySettings) -> optuna.samplers.BaseSampler:
@@ -94,14 +95,29 @@ def _make_sampler(settings: StudySettings) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=4, multivariate=True,
                                       constant_liar=True)
 
+def _study_sampler(settings: StudySettings, sampler: optuna.samplers.BaseSampler | None) -> InSpaceSampler:
+    """The given sampler (default TPE with constant liar), kept from the off-space baselines."""
+    return InSpaceSampler(sampler if sampler is not None else _make_sampler(settings))
+
 def open_study(settings: StudySettings, storage_url: str, *, heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
-               grace_period_s: int = GRACE_PERIOD_S) -> optuna.Study:
-    """Creates the study or loads it (resume); stores the settings on creation."""
+               grace_period_s: int = GRACE_PERIOD_S, sampler: optuna.samplers.BaseSampler | None = None,
+               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Creates the study or loads it (resume); stores the settings on creation.
+
+    Args:
+        settings: The study's settings.
+        storage_url: Its storage.
+        heartbeat_interval_s: Seconds between a running trial's heartbeats.
+        grace_period_s: Seconds without heartbeat after which a worker is lost.
+        sampler: Samples the trials (default: TPE with constant liar, :func:`_make_sampler`); it
+            never sees the baselines run outside the space (:class:`~vtune.study._baselines.InSpaceSampler`).
+        pruner: Stops trials early (default: :class:`NoiseAwarePruner`).
+    """
     storage = make_storage(storage_url, heartbeat_interval_s=heartbeat_interval_s, grace_period_s=grace_period_s)
     directions: list[Any] = [o.direction for o in settings.objectives]
     study = optuna.create_study(
         study_name=settings.name, storage=storage, directions=directions, load_if_exists=True,
-        sampler=_make_sampler(settings), pruner=NoiseAwarePruner(),
+        sampler=_study_sampler(settings, sampler), pruner=pruner if pruner is not None else NoiseAwarePruner(),
     )
     existing = study.user_attrs.get(ATTR)
     if existing is None:
@@ -126,6 +142,8 @@ def run_study(
     export: bool = True,
     heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
     grace_period_s: int = GRACE_PERIOD_S,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
 ) -> StudySummary:
     """Runs (or resumes) a study to its budget, re-measures the best and exports it.
 
@@ -139,7 +157,8 @@ def run_study(
         settings: What to tune and how.
         storage_url: Optuna storage URL (default ``sqlite:///studies/<name>.db``).
         n_trials: Trials in all, counting those already done or running anywhere (None: no limit).
-        timeout_s: Wall seconds in all, counting time already spent (None: no limit).
+        timeout_s: Wall seconds in all, counting time already spent (None: no limit); the
+            re-measurements at the end run only while the time left covers one more.
         quiet: No progress lines.
         max_concurrent_trials: Trials run at once here on disjoint GPUs/cores
             (None: as many as fill the node, :func:`default_concurrency`).
@@ -148,20 +167,25 @@ def run_study(
         export: Write the best config under ``configs/`` at the end.
         heartbeat_interval_s: Seconds between a running trial's heartbeats.
         grace_period_s: Seconds without heartbeat after which a worker is lost.
+        sampler: Samples the trials (default: TPE with constant liar); it never sees the
+            baselines run outside the space.
+        pruner: Stops trials early (default: :class:`NoiseAwarePruner`).
 
     Raises:
         VtuneError: Bad input (e.g. ``max_concurrent_trials`` below 1).
     """
     study, shape, recovered, url = prepare_study(settings, storage_url, n_trials=n_trials, timeout_s=timeout_s,
                                                  heartbeat_interval_s=heartbeat_interval_s,
-                                                 grace_period_s=grace_period_s)
+                                                 grace_period_s=grace_period_s, sampler=sampler, pruner=pruner)
+    deadline_s = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s - elapsed_s(study))
     runner, ran, k = _run_trials_here(study, settings, shape, n_trials=n_trials, timeout_s=timeout_s, quiet=quiet,
                                       max_concurrent_trials=max_concurrent_trials, trial_fn=trial_fn)
     wait_for_running(study, quiet=quiet)
-    remeasure(study, settings, runner)
+    again = remeasure(study, settings, runner, deadline_s=deadline_s)
     exported = export_best(study, settings) if export else []
     summary = summarize(study, settings, url, exported, recovered)
     summary.ran_here, summary.max_concurrent_trials = sorted(ran), k
+    summary.remeasured, summary.remeasure_skipped = again.remeasured, again.skipped
     return summary
 
 def prepare_study(
@@ -172,12 +196,15 @@ def prepare_study(
     timeout_s: float | None = None,
     heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
     grace_period_s: int = GRACE_PERIOD_S,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
 ) -> tuple[optuna.Study, ModelShape, list[int], str]:
     """Creates (or resumes) a study ready for trials, without running any.
 
     Stores the settings (on creation) and the budget, fails trials left running
     by dead processes of this host, and enqueues the baselines once. What
     :func:`run_study` does first; a study prepared so can be run by workers alone.
+    ``sampler`` and ``pruner`` are as in :func:`open_study`.
 
     Returns:
         The study, the model's shape, the trials marked failed on resume, the storage URL.
@@ -185,7 +212,8 @@ def prepare_study(
     url = storage_url or default_storage(settings.name, settings.studies_dir)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # vtune prints its own progress lines
     shape = load_model_shape(settings.model)
-    study = open_study(settings, url, heartbeat_interval_s=heartbeat_interval_s, grace_period_s=grace_period_s)
+    study = open_study(settings, url, heartbeat_interval_s=heartbeat_interval_s, grace_period_s=grace_period_s,
+                       sampler=sampler, pruner=pruner)
     recovered = recover_stale_trials(study)
     enqueue_baselines(study, settings, shape)
     study.set_user_attr("budget", {"n_trials": n_trials, "timeout_s": timeout_s})
@@ -204,6 +232,8 @@ def run_worker(
     target: Target | None = None,
     heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S,
     grace_period_s: int = GRACE_PERIOD_S,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
 ) -> StudySummary:
     """Joins a running study and runs its trials on this machine's GPUs (or CPU cores).
 
@@ -227,6 +257,9 @@ def run_worker(
         heartbeat_interval_s: Seconds between a running trial's heartbeats.
         grace_period_s: Seconds without heartbeat after which a worker is lost
             (use the same value as the study's other processes).
+        sampler: Samples this worker's trials (default: TPE with constant liar); it never
+            sees the baselines run outside the space.
+        pruner: Stops this worker's trials early (default: :class:`NoiseAwarePruner`).
 
     Raises:
         VtuneError: No such study, one not made by vtune, or hardware that does not match it.
@@ -248,8 +281,8 @@ def run_worker(
     settings.target = target or worker_target(settings.target, gpus)
     settings.model = _local_model(settings.model)
     settings.base = settings.base.replace(model=settings.model)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=_make_sampler(settings),
-                              pruner=NoiseAwarePruner())
+    study = optuna.load_study(study_name=name, storage=storage, sampler=_study_sampler(settings, sampler),
+                              pruner=pruner if pruner is not None else NoiseAwarePruner())
     shape = load_model_shape(settings.model)
     recovered = recover_stale_trials(study)
     budget = study.user_attrs.get("budget") or {}
@@ -390,32 +423,3 @@ def _stop_engines_on_ctrl_c(runner: _Runner, threaded: bool) -> Iterator[None]:
         raise
     finally:
         signal.signal(signal.SIGINT, previous)
-
-def remeasure(study: optuna.Study, settings: StudySettings, runner: _Runner) -> None:
-    """Re-measures the best few configurations once each (kept in the study's user attrs)."""
-    k = settings.remeasure_top_k
-    if k <= 0:
-        return
-    done: dict[str, list[float]] = dict(study.user_attrs.get("remeasurements") or {})
-    top = best_trials(study)[:k]
-    for t in top:
-        if str(t.number) in done:
-            continue
-        cfg = ServeConfig.from_dict(t.user_attrs["config"]).replace(model=settings.model)
-        if runner.resource_problem(cfg):
-            continue  # measured on a bigger worker than this machine
-        run_dir = settings.study_dir / "remeasure" / str(t.number)
-        runner.progress.line(count_done(study), t.number, "re-measure", "launching", 0)
-        # The same resources as the trials had (one lease of the pool when they were packed).
-        gpus, cores, lease = runner.lease(cfg)
-        extra: dict[str, Any] = {"cpu_cores": cores} if cores is not None else {}
-        try:
-            rec = runner.trial_fn(cfg, settings.workload, run_dir, gpus=gpus, duration_s=settings.duration_s,
-                                  cache_dir=runner.cache_dir, **extra)
-        finally:
-            runner.release(lease)
-        if rec.result is None:
-            continue
-        values = [o.value(rec.result) for o in settings.objectives]
-        done[str(t.number)] = [float(t.values[0]), values[0]]
-        study.set_user_attr("remeasurements", done)
