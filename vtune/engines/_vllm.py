@@ -124,6 +124,13 @@ def _is_cpu_engine(gpus: Sequence[int] | None) -> bool:
     return "cpu" in (installed_vllm_version() or "")
 
 
+def _with_this_vtune(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with this vtune first on ``PYTHONPATH``: the launcher must be the same code as its parent."""
+    root = str(Path(__file__).resolve().parent.parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def _hub_cache() -> str:
     """The Hugging Face hub cache this process would use (before vtune moves HF_HOME)."""
     for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
@@ -361,7 +368,8 @@ class VllmServer(Engine):
         with open(self.log_path, "wb") as log:
             try:
                 self._group = spawn_group(
-                    self.command, env={**os.environ, **overrides}, stdout=log, stderr=log, pin_cores=pin_cores
+                    self.command, env=_with_this_vtune({**os.environ, **overrides}), stdout=log, stderr=log,
+                    pin_cores=pin_cores,
                 )
             except OSError as exc:
                 raise VtuneError(f"could not launch vLLM ({self.command[0]}): {exc}") from exc
