@@ -22,7 +22,8 @@ for vLLM:
   :class:`TeardownReport`.
 
 Process handling, the safety net and the GPU-memory wait live in
-:mod:`vtune.engines._process`; what is here is what is specific to vLLM.
+:mod:`vtune.engines._process`; what is here is what is specific to vLLM (about
+500 lines, most of them the launch environment and its docstrings).
 """
 
 from __future__ import annotations

@@ -44,6 +44,10 @@ Prompts are synthetic text sized with the served model's own tokenizer, read fro
 its local folder (offline), or the workload's JSONL prompts. JSONL prompts are
 cycled to fill a step; a repeated prompt gets a short unique tag in front so the
 server's prefix cache cannot answer it from an earlier copy.
+
+This is the parent's side only (the child is :mod:`vtune.loads._guidellm_child`);
+it stays one module of about 570 lines because the protocol reader, the stall
+watch, the retry and the step bookkeeping all act on the same child and state.
 """
 
 from __future__ import annotations
