@@ -371,6 +371,54 @@ def test_missing_tokenizer(tmp_path: Path) -> None:
         run_load("http://h:1", "m", tmp_path / "nothing", _two_step_chatbot(), tmp_path / "out")
 
 
+CHILD_DRIVER = """
+import json, sys, time
+from pathlib import Path
+import psutil
+from vtune._workload import load_workload
+from vtune.loads import prepare_load
+prepared = prepare_load("http://127.0.0.1:9", Path(sys.argv[1]), load_workload("chatbot"), Path(sys.argv[2]))
+assert prepared.child.next_event(240) == {"event": "ready"}
+leader = psutil.Process(prepared.child.proc.pid)
+pids = [leader.pid] + [p.pid for p in leader.children(recursive=True)]
+print(json.dumps(pids), flush=True)
+time.sleep(600)
+"""
+
+
+def test_real_child_dies_with_vtune(tmp_path: Path, tokenizer_dir: Path) -> None:
+    # The real child (GuideLLM imported, its forkserver started) kills its group when vtune is killed.
+    driver = subprocess.Popen([sys.executable, "-c", CHILD_DRIVER, str(tokenizer_dir), str(tmp_path / "out")],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2], start_new_session=True)
+    pids: list[int] = []
+    try:
+        assert driver.stdout is not None
+        pids = json.loads(driver.stdout.readline())
+        assert len(pids) >= 3  # the child, its watchdog, GuideLLM's forkserver
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+            time.sleep(0.05)
+        assert [p for p in pids if _pid_alive(p)] == []
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        for pid in pids:
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 # --- End to end: a real vLLM CPU server and real GuideLLM ---------------------------------
 
 
