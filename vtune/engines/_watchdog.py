@@ -206,12 +206,24 @@ def _say(text: str) -> None:
         os.write(2, f"vtune watchdog (pid {os.getpid()}): {text}\n".encode())
 
 
+def _ours(pgid: int, table: Mapping[int, tuple[int, int, int]]) -> dict[int, int]:
+    """The group's live processes and, while the leader lives (it is then our parent), its descendants.
+
+    Once the leader is gone its pid may be reused by an unrelated process, whose
+    children must not count as the engine's.
+    """
+    found = group_members(pgid, table)
+    if os.getppid() == pgid:
+        found.update(_descendants(pgid, table))
+    found.pop(os.getpid(), None)
+    return found
+
+
 def _kill_group(pgid: int, recorded: Mapping[int, int], shm_before: Mapping[str, int]) -> None:
     """SIGTERM the group and the recorded descendants, SIGKILL after :data:`GRACE_S`, clean /dev/shm."""
     me = os.getpid()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM is not for the watchdog
-    table = _table()
-    targets = {**recorded, **group_members(pgid, table), **_descendants(pgid, table)}
+    targets = {**recorded, **_ours(pgid, _table())}
     targets.pop(me, None)
     shm_seen: set[str] = set()
     for pid in targets:
@@ -227,10 +239,7 @@ def _kill_group(pgid: int, recorded: Mapping[int, int], shm_before: Mapping[str,
         time.sleep(0.05)
     # SIGKILL one by one (not the group: the watchdog is in it), again while new ones appear.
     for _round in range(20):
-        table = _table()
-        fresh = {**group_members(pgid, table), **_descendants(pgid, table)}
-        fresh.pop(me, None)
-        targets.update(fresh)
+        targets.update(_ours(pgid, _table()))
         alive = {p: s for p, s in targets.items() if _live(p, s)}
         if not alive:
             break
@@ -270,15 +279,11 @@ def _watch(vtune_fd: int | None, vtune_pid: int, leader: int, pgid: int, shm_bef
         now = time.monotonic()
         if leader_gone or now - last_snapshot >= _SNAPSHOT_S:
             last_snapshot = now
-            table = _table()
-            members = group_members(pgid, table)
-            members.pop(os.getpid(), None)
+            members = _ours(pgid, _table())
             if leader_gone and not members:
                 return  # the engine ended and left nothing behind: nothing to guard
             recorded = {p: s for p, s in recorded.items() if _live(p, s)}
             recorded.update(members)
-            recorded.update(_descendants(leader, table))
-            recorded.pop(os.getpid(), None)
 
 
 def start_watchdog(environ: Mapping[str, str] | None = None) -> int | None:
