@@ -15,7 +15,8 @@ process with ``os.pidfd_open`` and ``poll`` (polling every 0.2 s where pidfds ar
 missing). When vtune is gone it sends SIGTERM to every process of the group and to
 the descendants it recorded (pid and start time, refreshed every second, so ones
 that left the group are found too), SIGKILL after :data:`GRACE_S`, and removes the
-``/dev/shm`` segments created since it started that nobody uses any more. If vtune
+``/dev/shm`` segments the group used, created since it started, that nobody uses
+any more. If vtune
 died before the watchdog started (the leader was already reparented), the group is
 killed at once. The watchdog leaves quietly when the leader has exited and no other
 process of the group is left, and it dies with the group when vtune stops the engine
@@ -247,7 +248,7 @@ def _kill_group(pgid: int, recorded: Mapping[int, int], shm_before: Mapping[str,
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
-    removed = remove_orphaned_shm(shm_seen | set(shm_entries()), shm_before)
+    removed = remove_orphaned_shm(shm_seen, shm_before)  # only segments this group used
     _say(f"vtune is gone: killed process group {pgid} ({len(targets)} processes)"
          + (f", removed {len(removed)} /dev/shm segments" if removed else ""))
 
@@ -315,6 +316,7 @@ def start_watchdog(environ: Mapping[str, str] | None = None) -> int | None:
     if pgid != leader or vtune_pid <= 1 or vtune_pid == leader:
         return None
     # Open the pidfd first, then check that vtune is still our parent: the pidfd then surely names vtune.
+    vtune_fd: int | None = None
     try:
         vtune_fd = _pidfd(vtune_pid)
         gone = os.getppid() != vtune_pid
