@@ -60,7 +60,7 @@ def fake_study(workdir: Path, trials: int) -> float:
     """Seconds per trial of the study loop itself (no engine, no load)."""
     from vtune._cli import _settings_from_args, build_parser
     from vtune._trial import TrialRecord
-    from vtune.engines._logparse import StartupNumbers
+    from vtune.engines import StartupNumbers
     from vtune.loads._results import Percentiles, TrialResult
     from vtune.study._study import run_study
 

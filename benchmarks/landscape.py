@@ -93,7 +93,7 @@ TAIL_COLUMNS: dict[str, str] = {
 COLUMNS: dict[str, str] = {
     "flags": "the configuration as one shell line (environment settings first), as `vtune bench` prints it",
     "status": "ok (every load step measured), stopped_early, or failed (the engine did not start or died)",
-    "failure_kind": "the classified failure (vtune.engines._logparse.FAILURE_KINDS) when status is failed, else empty",
+    "failure_kind": "the classified failure (vtune.engines.FAILURE_KINDS) when status is failed, else empty",
     "failure_message": "one line: what failed and what to change (empty if none)",
     "exit_code": "the engine's exit code when it failed (empty if none)",
     "engine_start_s": "launch to /health answering 200 (for a failed start: launch to the failure)",
@@ -120,7 +120,7 @@ COLUMNS: dict[str, str] = {
     "step_requests_per_s": "JSON list: cumulative requests/s after each step",
     "kv_cache_usage_max": "highest KV cache usage fraction /metrics showed during the load",
     "preemptions": "preemptions during the load (from /metrics)",
-    "startup": "JSON object: the numbers the engine's startup log reported (vtune.engines._logparse.StartupNumbers, "
+    "startup": "JSON object: the numbers the engine's startup log reported (vtune.engines.StartupNumbers, "
                "without the evidence lines): KV cache tokens, memory terms, model load time, vLLM version",
     "measured_at": "UTC time the trial finished (ISO 8601)",
     "run_dir": "the trial's folder on the machine that measured it (engine log, GuideLLM reports, trial.json)",
@@ -762,7 +762,7 @@ def import_study_rows(db: Path, points: list[dict[str, Any]], configs: list[Serv
     import optuna
 
     from vtune._trial import TrialRecord
-    from vtune.engines._logparse import StartupNumbers
+    from vtune.engines import StartupNumbers
     from vtune.loads._results import TrialResult
 
     if not db.is_file():

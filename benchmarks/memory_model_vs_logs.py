@@ -27,7 +27,7 @@ from shapes import LLAMA_8B  # noqa: E402
 from vtune._memory import Calibration, Gpu, estimate_memory, resolve_gpu  # noqa: E402
 from vtune._model_shape import shape_from_config  # noqa: E402
 from vtune._serve_config import parse_serve_args  # noqa: E402
-from vtune.engines._logparse import parse_startup_log  # noqa: E402
+from vtune.engines import parse_startup_log  # noqa: E402
 
 LOGS = ROOT / "benchmarks" / "results" / "gpu-logs"
 OUT = ROOT / "benchmarks" / "results" / "memory_model"

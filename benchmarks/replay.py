@@ -85,7 +85,7 @@ from vtune._errors import VtuneError  # noqa: E402
 from vtune._serve_config import ServeConfig  # noqa: E402
 from vtune._space import layout_name  # noqa: E402
 from vtune._trial import TrialRecord  # noqa: E402
-from vtune.engines._logparse import Failure, StartupNumbers  # noqa: E402
+from vtune.engines import Failure, StartupNumbers  # noqa: E402
 from vtune.loads._results import Percentiles, TrialResult  # noqa: E402
 
 SCHEMA_VERSION = 1

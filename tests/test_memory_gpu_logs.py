@@ -10,7 +10,7 @@ from tests.shapes import LLAMA_8B, QWEN3_0_6B, QWEN3_30B_A3B
 from vtune._memory import Calibration, estimate_memory, resolve_gpu
 from vtune._model_shape import shape_from_config
 from vtune._serve_config import ServeConfig
-from vtune.engines._logparse import parse_startup_log
+from vtune.engines import parse_startup_log
 
 LOGS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-logs"
 H100 = resolve_gpu("H100-80GB")

@@ -257,7 +257,7 @@ def test_landscape_grid_spec_and_rows(tmp_path: Path) -> None:
 
 def test_recorded_row_round_trips_into_the_replayed_result(tmp_path: Path) -> None:
     from vtune._trial import TrialRecord
-    from vtune.engines._logparse import Failure
+    from vtune.engines import Failure
     from vtune.loads._results import Percentiles, TrialResult
 
     def result(goodput: float) -> TrialResult:

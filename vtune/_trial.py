@@ -11,7 +11,15 @@ writes, under the trial's folder::
 
 Nothing is lost on failure: an engine that does not start, dies mid-load, or a
 load that breaks, produces a record with its classified failure, and the
-engine's process group is always torn down and verified.
+engine's process group is always torn down and verified. A load that stalls is
+run once more on the same engine (see :mod:`vtune.loads._guidellm`); if it
+stalls again the record's failure is ``load_stalled``, which, like
+``load_error`` and ``interrupted``, does not blame the configuration
+(:attr:`~vtune.engines.Failure.blames_config`).
+
+The engine and the load tool are the abstract :class:`~vtune.engines.Engine` and
+:class:`~vtune.loads.LoadGenerator`; by default a
+:class:`~vtune.engines.VllmServer` and a :class:`~vtune.loads.GuideLLMLoad`.
 """
 
 from __future__ import annotations
@@ -21,13 +29,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vtune._errors import VtuneError
 from vtune._serve_config import ServeConfig
 from vtune._workload import Workload
-from vtune.engines._logparse import Failure, StartupNumbers
+from vtune.engines._failures import Failure
+from vtune.engines._startup_log import StartupNumbers
 from vtune.loads._results import TrialResult
+
+if TYPE_CHECKING:
+    from vtune.engines._base import Engine
+    from vtune.loads._base import LoadGenerator
 
 __all__ = ["SCHEMA_VERSION", "TrialRecord", "record_summary", "run_trial", "write_config_files"]
 
@@ -56,6 +69,7 @@ class TrialRecord:
         teardown: What stopping the engine did and verified.
         engine_start_s: Launch to ``/health`` answering 200.
         load_s: Wall seconds of the load (GuideLLM start-up included).
+        load_retries: Steps run again on a fresh load tool after a stall.
         teardown_s: Seconds stopping the engine took.
         total_s: Wall seconds of the whole trial.
         run_dir: The trial's folder.
@@ -76,6 +90,7 @@ class TrialRecord:
     teardown: dict[str, Any] = field(default_factory=dict)
     engine_start_s: float | None = None
     load_s: float | None = None
+    load_retries: int = 0
     teardown_s: float | None = None
     total_s: float = 0.0
     run_dir: str = ""
@@ -105,6 +120,7 @@ class TrialRecord:
             "teardown": self.teardown,
             "engine_start_s": self.engine_start_s,
             "load_s": self.load_s,
+            "load_retries": self.load_retries,
             "teardown_s": self.teardown_s,
             "total_s": self.total_s,
             "overhead_s": self.overhead_s,
@@ -129,6 +145,7 @@ class TrialRecord:
             teardown=data.get("teardown") or {},
             engine_start_s=data.get("engine_start_s"),
             load_s=data.get("load_s"),
+            load_retries=int(data.get("load_retries") or 0),
             teardown_s=data.get("teardown_s"),
             total_s=data.get("total_s", 0.0),
             run_dir=data.get("run_dir", ""),
@@ -170,6 +187,9 @@ def run_trial(
     on_phase: Callable[[str], None] | None = None,
     on_ready: Callable[[Any], None] | None = None,
     on_launch: Callable[[Any], None] | None = None,
+    engine: Engine | None = None,
+    load: LoadGenerator | None = None,
+    stall_s: float | None = None,
 ) -> TrialRecord:
     """Starts the engine, runs the workload's load, stops the engine, records it all.
 
@@ -186,12 +206,19 @@ def run_trial(
         startup_timeout_s: Longest wait for the engine to become ready.
         on_step: Called after each load step with the cumulative result;
             returning False stops the load early (an optimizer's pruner).
-        on_phase: Called with ``launching``, ``warming``/``measuring`` and
-            ``stopping`` as the trial moves on (progress display).
-        on_ready: Called with the ready :class:`~vtune.engines._vllm.VllmServer`
-            (tests use it to break the engine on purpose).
-        on_launch: Called with the server right after its process started
-            (a study records the engine's process group, to clean up after a crash).
+        on_phase: Called with ``launching``, ``measuring`` and ``stopping`` as
+            the trial moves on (progress display).
+        on_ready: Called with the ready engine (tests use it to break the engine
+            on purpose).
+        on_launch: Called with the engine right after its process started (a
+            study records ``engine.process_info()`` or its pid and pgid, to clean
+            up after a crash).
+        engine: The engine to run (default: a :class:`~vtune.engines.VllmServer`
+            for ``cfg`` logging to ``run_dir/server.log``).
+        load: The load tool (default: a :class:`~vtune.loads.GuideLLMLoad` writing
+            to ``run_dir/load``).
+        stall_s: The load's stall bound (default from the workload; see
+            :func:`vtune.loads.stall_bound_s`).
 
     Returns:
         The record, also saved as ``run_dir/trial.json``. Engine and load
@@ -202,9 +229,11 @@ def run_trial(
             found before anything was launched; KeyboardInterrupt after the
             record of the interrupted trial was saved as failed.
     """
+    from vtune.engines._base import EngineFailure
     from vtune.engines._metrics import MetricsSampler
-    from vtune.engines._vllm import EngineFailure, VllmServer
-    from vtune.loads._guidellm import PreparedLoad, prepare_load, run_load
+    from vtune.engines._vllm import VllmServer
+    from vtune.loads._base import LoadFailure
+    from vtune.loads._guidellm import GuideLLMLoad
 
     t0 = time.monotonic()
     run_dir = Path(run_dir).resolve()
@@ -218,17 +247,21 @@ def run_trial(
     )
     tok_dir = Path(tokenizer_dir or cfg.model)
     phase = on_phase or (lambda _p: None)
-    server = VllmServer(cfg, log_path=log_path, gpus=gpus, cpu_cores=cpu_cores, cache_dir=cache_dir,
-                        startup_timeout_s=startup_timeout_s)
+    server: Engine = engine if engine is not None else VllmServer(
+        cfg, log_path=log_path, gpus=gpus, cpu_cores=cpu_cores, cache_dir=cache_dir,
+        startup_timeout_s=startup_timeout_s)
+    loader: LoadGenerator = load if load is not None else GuideLLMLoad(
+        tok_dir, workload, run_dir / "load", duration_s=duration_s, stall_s=stall_s)
     sampler: MetricsSampler | None = None
-    prepared: PreparedLoad | None = None
+    prepared = False  # the load tool was prepared and has not run (to cancel it)
     try:
         phase("launching")
         server.start()
         if on_launch is not None:
             on_launch(server)
-        # GuideLLM's child imports while the engine starts (seconds saved per trial).
-        prepared = prepare_load(server.url, tok_dir, workload, run_dir / "load", duration_s=duration_s)
+        # The load tool starts (GuideLLM imports) while the engine starts: seconds saved per trial.
+        loader.prepare(server.url)
+        prepared = True
         try:
             record.startup = server.wait_ready()
         except EngineFailure as exc:
@@ -248,9 +281,9 @@ def run_trial(
             return keep_going
 
         try:
-            load = run_load(server.url, server.served_model_name or cfg.served_model_name or cfg.model, tok_dir,
-                            workload, run_dir / "load", on_step=step_hook, prepared=prepared)
-            prepared = None  # run_load stopped the child
+            prepared = False  # run() ends the tool, whatever happens
+            result = loader.run(server.served_model_name or cfg.served_model_name or cfg.model,
+                                on_step=step_hook, check_target=lambda: server.check(probe_http=True))
         except EngineFailure as exc:
             record.failure = exc.failure
             return record
@@ -260,26 +293,27 @@ def run_trial(
             except EngineFailure as dead:
                 record.failure = dead.failure
                 return record
-            record.failure = _failure("load_error", str(exc))
+            kind = exc.kind if isinstance(exc, LoadFailure) else "load_error"
+            record.failure = _failure(kind, str(exc))
             return record
         finally:
             record.load_s = time.monotonic() - load_t0
+        record.load_retries = result.retries
+        record.result = result.result
         try:
             server.check(probe_http=True)
         except EngineFailure as exc:
             record.failure = exc.failure
-            record.result = load.result
             return record
-        record.result = load.result
-        record.status = "stopped_early" if load.stopped_early else "ok"
+        record.status = "stopped_early" if result.stopped_early else "ok"
         return record
     except KeyboardInterrupt:
         record.failure = _failure("interrupted", "the trial was interrupted (Ctrl-C or SIGTERM) and recorded as failed")
         raise
     finally:
         phase("stopping")
-        if prepared is not None:
-            prepared.cancel()
+        if prepared:
+            loader.cancel()
         if sampler is not None:
             sampler.stop()
             record.metrics = sampler.summary()
@@ -316,6 +350,7 @@ def record_summary(rec: TrialRecord) -> dict[str, Any]:
         "teardown": rec.teardown,
         "engine_start_s": rec.engine_start_s,
         "load_s": rec.load_s,
+        "load_retries": rec.load_retries,
         "run_dir": rec.run_dir,
         "log_path": rec.log_path,
     }

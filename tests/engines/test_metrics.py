@@ -211,3 +211,34 @@ def test_sampler_cannot_start_twice(fake_metrics: _FakeMetrics) -> None:
             sampler.start()
     finally:
         sampler.stop()
+
+
+@pytest.mark.parametrize("var", ["HTTP_PROXY", "http_proxy", "ALL_PROXY"])
+def test_proxy_settings_are_ignored(fake_metrics: _FakeMetrics, monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    import socket
+
+    from vtune.engines import _http
+
+    with socket.socket() as sock:  # a port nothing listens on: the "proxy" is dead
+        sock.bind(("127.0.0.1", 0))
+        dead = sock.getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(var, f"http://127.0.0.1:{dead}")
+    assert fetch_metrics(fake_metrics.url).engines == 1
+    assert _http.get_or_none(fake_metrics.url + "/metrics") is not None
+    with MetricsSampler(fake_metrics.url, interval_s=0.01) as sampler:
+        while len(sampler.snapshot()) < 2:
+            time.sleep(0.01)
+    assert sampler.fetch_errors == 0
+
+
+def test_http_get_raises_oserror_on_bad_status(fake_metrics: _FakeMetrics) -> None:
+    from vtune.engines import _http
+
+    answer = _http.get_or_none(fake_metrics.url + "/nothing")
+    assert answer is not None and answer[0] == 404
+    with pytest.raises(OSError, match="404"):
+        _http.get(fake_metrics.url + "/nothing")
+    with pytest.raises(OSError, match="no answer"):
+        fetch_metrics("http://127.0.0.1:9")

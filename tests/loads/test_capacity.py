@@ -47,7 +47,8 @@ from vtune.loads._capacity import (
     replicas_for_rate,
     run_capacity_search,
 )
-from vtune.loads._results import BenchmarkSamples, RequestSample, percentile, read_guidellm_report
+from vtune.loads._guidellm_report import read_guidellm_report
+from vtune.loads._results import BenchmarkSamples, RequestSample, percentile
 
 DATA = Path(__file__).parents[1] / "data" / "guidellm"
 PROFILE_REPORT = DATA / "goodput-guidellm-profile-seqs32.json"

@@ -1,4 +1,4 @@
-"""Tests of vtune.loads._guidellm: GuideLLM arguments, the step protocol (with a fake child), and e2e."""
+"""Tests of vtune.loads._guidellm(_child): GuideLLM arguments, the step protocol and stalls (fake child), e2e."""
 
 from __future__ import annotations
 
@@ -17,11 +17,14 @@ from typing import Any
 
 import pytest
 
+import vtune.engines._process as process_mod
 import vtune.loads._guidellm as load_mod
+import vtune.loads._guidellm_child as child_mod
 from vtune._errors import VtuneError
 from vtune._workload import LoadProfile, Workload, load_workload
+from vtune.loads import GuideLLMLoad, LoadFailure, LoadGenerator, stall_bound_s
 from vtune.loads._guidellm import LoadResult, StepResult, run_load
-from vtune.loads._results import trial_result_from_reports
+from vtune.loads._guidellm_report import trial_result_from_reports
 
 DATA = Path(__file__).parents[1] / "data" / "guidellm"
 REPORTS = [DATA / "chatbot-step-00.json", DATA / "chatbot-step-01.json"]
@@ -56,8 +59,8 @@ def tokenizer_dir(tmp_path: Path) -> Path:
 )
 def test_profile_args(load: LoadProfile, expected: dict) -> None:
     wl = replace(load_workload("chatbot"), load=load, steps=3, warmup_s=2.0)
-    first = load_mod._profile_args(wl, 0)
-    later = load_mod._profile_args(wl, 1)
+    first = child_mod._profile_args(wl, 0)
+    later = child_mod._profile_args(wl, 1)
     assert first.pop("warmup") == {"value": 2.0, "mode": "duration"}
     assert first == expected
     if load.kind == "sweep":  # one GuideLLM sweep: each point warms up
@@ -74,7 +77,7 @@ def test_scenarios_validate_with_guidellm(tmp_path: Path) -> None:
     for name in ("chatbot", "batch", "interactive", "long-context", "reasoning", str(prompts)):
         wl = load_workload(name)
         for step in (0, 1):
-            args: Any = resolve_to_single_benchmark(load_mod._scenario(spec, wl, step).get_benchmarks())
+            args: Any = resolve_to_single_benchmark(child_mod._scenario(spec, wl, step).get_benchmarks())
             seconds = args.constraints[0].seconds
             expected = wl.step_duration_s + (wl.warmup_s if step == 0 else 0.0)
             assert seconds == pytest.approx(expected)
@@ -89,8 +92,8 @@ def test_jsonl_rows_cycle_and_tag_repeats(tmp_path: Path) -> None:
         json.dumps({"prompt": "alpha", "output_tokens": 5}) + "\n" + json.dumps({"prompt": "beta"}) + "\n"
     )
     wl = replace(load_workload(str(prompts)), load=LoadProfile("constant", rate_per_s=1.0), duration_s=3, steps=3)
-    rows0 = load_mod._jsonl_rows(wl, 0)
-    rows1 = load_mod._jsonl_rows(wl, 1)
+    rows0 = child_mod._jsonl_rows(wl, 0)
+    rows1 = child_mod._jsonl_rows(wl, 1)
     assert rows0[0] == {"prompt": "alpha", "output_tokens_count": 5}
     assert rows0[1]["prompt"] == "beta"
     assert rows0[1]["output_tokens_count"] == load_workload("chatbot").output_tokens.mean
@@ -108,9 +111,14 @@ spec = json.loads(Path(sys.argv[1]).read_text())
 out = Path(spec["out_dir"])
 mode = sys.argv[2]
 reports = sys.argv[3:]
+attempt, first = spec.get("attempt", 0), spec.get("first_step", 0)
 def emit(**e):
     sys.stdout.write("VTUNE_LOAD " + json.dumps(e) + "\n"); sys.stdout.flush()
+def progress(step, created, completed, in_flight):
+    emit(event="progress", step=step, phase="running", created=created, completed=completed, errored=0,
+         cancelled=0, in_flight=in_flight)
 print("GuideLLM noise on stdout", flush=True)
+(out / f"fake-attempt-{attempt}.json").write_text(json.dumps({"first_step": first}))
 if spec.get("wait_for_go"):
     emit(event="ready")
     go = sys.stdin.readline()
@@ -124,15 +132,27 @@ if mode == "error":
     emit(event="error", message="RuntimeError: backend refused")
     sys.exit(1)
 answers = []
-for i, src in enumerate(reports[: spec["workload"]["steps"]]):
+for i in range(first, spec["workload"]["steps"]):
+    if i == 1 and (mode == "stall-twice" or (mode == "stall-once" and attempt == 0)):
+        for n in range(5):  # requests complete, then stop completing while 5 stay in flight
+            progress(i, 8 + n, 3 + n, 5)
+            time.sleep(0.01)
+        while True:  # the heartbeat goes on, the counts do not move
+            progress(i, 12, 7, 5)
+            time.sleep(0.05)
+    if i == 1 and mode == "silent-once" and attempt == 0:
+        progress(i, 1, 0, 1)
+        time.sleep(600)  # no word at all any more
+    progress(i, 8, 8, 0)
     dst = out / f"guidellm-step-{i:02d}.json"
-    shutil.copy(src, dst)
+    shutil.copy(reports[i % len(reports)], dst)
     emit(event="step", index=i, path=str(dst), save_s=0.001)
     answer = sys.stdin.readline().strip()
     answers.append(answer)
     if answer != "continue":
         break
-(out / "fake-answers.json").write_text(json.dumps(answers))
+name = "fake-answers.json" if attempt == 0 else f"fake-answers-{attempt}.json"
+(out / name).write_text(json.dumps(answers))
 emit(event="done", steps=len(answers))
 """
 
@@ -216,8 +236,30 @@ def test_jsonl_prompts_reach_the_child(fake_child: list[str], tmp_path: Path, to
 
 def test_child_error_is_a_vtune_error(fake_child: list[str], tmp_path: Path, tokenizer_dir: Path) -> None:
     fake_child[0] = "error"
-    with pytest.raises(VtuneError, match="backend refused"):
+    with pytest.raises(LoadFailure, match="backend refused") as info:
         run_load("http://h:1", "m", tokenizer_dir, _two_step_chatbot(), tmp_path / "out")
+    assert info.value.kind == "load_error" and isinstance(info.value, VtuneError)
+
+
+def _spy_popen(monkeypatch: pytest.MonkeyPatch) -> list[subprocess.Popen[bytes]]:
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        proc = real_popen(*args, **kwargs)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(process_mod.subprocess, "Popen", spy)
+    return started
+
+
+def _all_gone(started: list[subprocess.Popen[bytes]]) -> None:
+    assert started
+    for proc in started:
+        assert proc.poll() is not None
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)
 
 
 def test_hung_child_is_killed(
@@ -227,25 +269,154 @@ def test_hung_child_is_killed(
     monkeypatch.setattr(load_mod, "_STARTUP_ALLOWANCE_S", 0.0)
     monkeypatch.setattr(load_mod, "_STEP_ALLOWANCE_S", 0.0)
     wl = replace(_two_step_chatbot(), warmup_s=0.0, duration_s=2.0)  # deadline: 2 x 1 s step
-    started: list[subprocess.Popen[bytes]] = []
-    real_popen = subprocess.Popen
-
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        proc = real_popen(*args, **kwargs)
-        started.append(proc)
-        return proc
-
-    monkeypatch.setattr(load_mod.subprocess, "Popen", spy)
-    with pytest.raises(VtuneError, match="did not finish a step"):
+    started = _spy_popen(monkeypatch)
+    with pytest.raises(LoadFailure, match="did not finish a step") as info:
         run_load("http://h:1", "m", tokenizer_dir, wl, tmp_path / "out")
-    assert started and started[0].poll() is not None
-    with pytest.raises(ProcessLookupError):
-        os.killpg(started[0].pid, 0)
+    assert info.value.kind == "load_stalled"
+    assert len(started) == 2  # the step was tried once more on a fresh child
+    _all_gone(started)
+
+
+def test_stalled_step_runs_again_on_a_fresh_child(
+    fake_child: list[str], tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_child[0] = "stall-once"
+    started = _spy_popen(monkeypatch)
+    checks: list[int] = []
+    seen: list[int] = []
+    out = tmp_path / "out"
+    res = run_load("http://h:1", "m", tokenizer_dir, _two_step_chatbot(), out, stall_s=0.5,
+                   on_step=lambda i, s: seen.append(i) is None, check_target=lambda: checks.append(1))
+    assert [s.index for s in res.steps] == [0, 1] and seen == [0, 1]
+    assert res.retries == 1 and checks == [1]
+    assert len(res.stalls) == 1 and "finished no request for 0.5 s while running step 1" in res.stalls[0]
+    assert "5 in flight" in res.stalls[0]
+    # The fresh child started at the stalled step, and warmed up there as step 0 does.
+    assert json.loads((out / "fake-attempt-1.json").read_text()) == {"first_step": 1}
+    retry_spec = json.loads((out / "load_spec-retry-1.json").read_text())
+    assert retry_spec["first_step"] == 1 and retry_spec["attempt"] == 1
+    assert json.loads((out / "fake-answers-1.json").read_text()) == ["continue"]
+    assert json.loads((out / "load_result.json").read_text())["retries"] == 1
+    wl = _two_step_chatbot()
+    assert child_mod._profile_args(wl, 1, first_step=1)["warmup"] == {"value": wl.warmup_s, "mode": "duration"}
+    assert len(started) == 2
+    _all_gone(started)
+
+
+def test_second_stall_is_a_load_stalled_failure(
+    fake_child: list[str], tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_child[0] = "stall-twice"
+    started = _spy_popen(monkeypatch)
+    with pytest.raises(LoadFailure, match="stalled again after a fresh start") as info:
+        run_load("http://h:1", "m", tokenizer_dir, _two_step_chatbot(), tmp_path / "out", stall_s=0.5)
+    assert info.value.kind == "load_stalled" and info.value.steps_done == 1
+    assert "\n" not in str(info.value)
+    assert len(started) == 2
+    _all_gone(started)
+
+
+def test_silent_child_is_a_stall(
+    fake_child: list[str], tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_child[0] = "silent-once"
+    res = run_load("http://h:1", "m", tokenizer_dir, _two_step_chatbot(), tmp_path / "out", stall_s=0.5)
+    assert res.retries == 1 and len(res.steps) == 2
+    assert "finished no request for 0.5 s" in res.stalls[0] or "went silent for 0.5 s" in res.stalls[0]
+
+
+def test_check_target_failure_stops_the_retry(
+    fake_child: list[str], tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_child[0] = "stall-once"
+    started = _spy_popen(monkeypatch)
+
+    def engine_dead() -> None:
+        raise RuntimeError("the engine died")
+
+    with pytest.raises(RuntimeError, match="the engine died"):
+        run_load("http://h:1", "m", tokenizer_dir, _two_step_chatbot(), tmp_path / "out", stall_s=0.5,
+                 check_target=engine_dead)
+    assert len(started) == 1  # no fresh child for a dead engine
+    _all_gone(started)
+
+
+def test_stall_bound_follows_the_workload() -> None:
+    chatbot = load_workload("chatbot")
+    assert stall_bound_s(chatbot) == 30.0  # 3 x (500 ms + 127 x 50 ms) is below the floor
+    reasoning = load_workload("reasoning")  # 1 s TTFT + 1023 tokens x 50 ms, three times
+    assert stall_bound_s(reasoning) == pytest.approx(3 * (1.0 + 1023 * 0.05))
+    batch = load_workload("batch")
+    assert stall_bound_s(batch) == pytest.approx(3 * (10.0 + 255 * 0.25))
+
+
+def test_guidellm_load_is_a_load_generator(fake_child: list[str], tmp_path: Path, tokenizer_dir: Path) -> None:
+    load = GuideLLMLoad(tokenizer_dir, _two_step_chatbot(), tmp_path / "out", duration_s=6.0)
+    assert isinstance(load, LoadGenerator)
+    with pytest.raises(RuntimeError, match="prepare"):
+        load.run("m")
+    load.prepare("http://127.0.0.1:8000/v1")
+    res = load.run("tiny-llama")
+    assert len(res.steps) == 2 and not res.stopped_early
+    assert (tmp_path / "out" / "fake-served-model.txt").read_text() == "tiny-llama"
+    load.cancel()  # nothing left to cancel: a no-op
+    other = GuideLLMLoad(tokenizer_dir, _two_step_chatbot(), tmp_path / "out2")
+    other.prepare("http://127.0.0.1:8000")
+    other.cancel()
+    assert not (tmp_path / "out2" / "fake-served-model.txt").exists()
 
 
 def test_missing_tokenizer(tmp_path: Path) -> None:
     with pytest.raises(VtuneError, match="no tokenizer"):
         run_load("http://h:1", "m", tmp_path / "nothing", _two_step_chatbot(), tmp_path / "out")
+
+
+CHILD_DRIVER = """
+import json, sys, time
+from pathlib import Path
+import psutil
+from vtune._workload import load_workload
+from vtune.loads import prepare_load
+prepared = prepare_load("http://127.0.0.1:9", Path(sys.argv[1]), load_workload("chatbot"), Path(sys.argv[2]))
+assert prepared.child.next_event(240) == {"event": "ready"}
+leader = psutil.Process(prepared.child.proc.pid)
+pids = [leader.pid] + [p.pid for p in leader.children(recursive=True)]
+print(json.dumps(pids), flush=True)
+time.sleep(600)
+"""
+
+
+def test_real_child_dies_with_vtune(tmp_path: Path, tokenizer_dir: Path) -> None:
+    # The real child (GuideLLM imported, its forkserver started) kills its group when vtune is killed.
+    driver = subprocess.Popen([sys.executable, "-c", CHILD_DRIVER, str(tokenizer_dir), str(tmp_path / "out")],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2], start_new_session=True)
+    pids: list[int] = []
+    try:
+        assert driver.stdout is not None
+        pids = json.loads(driver.stdout.readline())
+        assert len(pids) >= 3  # the child, its watchdog, GuideLLM's forkserver
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and any(_pid_alive(p) for p in pids):
+            time.sleep(0.05)
+        assert [p for p in pids if _pid_alive(p)] == []
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        for pid in pids:
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # --- End to end: a real vLLM CPU server and real GuideLLM ---------------------------------

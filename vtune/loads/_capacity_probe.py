@@ -37,7 +37,10 @@ from typing import IO, Any
 
 from vtune._errors import VtuneError
 from vtune._workload import LoadProfile, PromptRecord, Workload
-from vtune.loads._guidellm import _PROTO_PREFIX, _Child, _child_env, _data_args, _use_forkserver
+from vtune.engines._process import spawn_group
+from vtune.loads._guidellm import _Child, _child_env
+from vtune.loads._guidellm_child import PROTO_PREFIX as _PROTO_PREFIX
+from vtune.loads._guidellm_child import _data_args, _use_forkserver
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -58,15 +61,8 @@ _MAX_ERROR_RATE = 0.5  # GuideLLM ends a probe early once half its requests fail
 
 
 def _probe_child_env() -> dict[str, str]:
-    """The load child's environment, with this checkout first on ``PYTHONPATH``.
-
-    (``_guidellm._child_env`` puts ``vtune/`` itself there since the package moved into
-    ``vtune/loads``, so its child imports whatever vtune is installed instead.)
-    """
-    env = _child_env()
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    return env
+    """The load child's environment (this checkout first on ``PYTHONPATH``)."""
+    return _child_env()
 
 
 def _child_command(spec_path: Path) -> list[str]:
@@ -187,16 +183,15 @@ def prepare_capacity_search(
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
     log_path = out_dir / _LOG_NAME
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(
+        group = spawn_group(
             _child_command(spec_path),
+            env=_probe_child_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
-            env=_probe_child_env(),
-            cwd=str(out_dir),
-            start_new_session=True,
+            cwd=out_dir,
         )
-    child = _Child(proc)
+    child = _Child(group)
     child.start_reader()
     return PreparedCapacitySearch(child=child, workload=workload, out_dir=out_dir, log_path=log_path)
 
@@ -363,4 +358,7 @@ def _child_main(spec_path: str) -> int:
 
 
 if __name__ == "__main__":
+    from vtune.engines._watchdog import start_watchdog
+
+    start_watchdog()  # before GuideLLM, its forkserver and its workers start
     sys.exit(_child_main(sys.argv[1]))
