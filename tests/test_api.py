@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import importlib
 import subprocess
-import types
 import sys
 import tomllib
+import types
 from pathlib import Path
 
 import pytest
