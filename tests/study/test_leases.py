@@ -25,7 +25,7 @@ _CTX = mp.get_context("fork")
 
 def test_a_unit_lock_is_released_when_its_holder_is_killed(tmp_path):
     code = ("import sys, time; from vtune.study._locks import UnitLocks; "
-            f"assert UnitLocks('gpu').try_lock(3); print('held', flush=True); time.sleep(60)")
+            "locks = UnitLocks('gpu'); assert locks.try_lock(3); print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
@@ -44,7 +44,7 @@ def test_a_unit_lock_is_released_when_its_holder_is_killed(tmp_path):
 
 def _lease_loop(seed: int, rounds: int, out: mp.Queue) -> None:
     rng = random.Random(seed)
-    pool = ResourcePool(Target(device="cpu", cpu_cores=(0, 1, 2, 3)))
+    pool = ResourcePool(Target(device="cpu", cpu_cores=(0, 1, 2, 3)), machine_wide=True)
     for _ in range(rounds):
         units = pool.acquire(rng.randint(1, 3))
         t0 = time.monotonic()
@@ -72,7 +72,7 @@ def test_pools_in_two_processes_never_lease_the_same_unit_at_once():
 def test_a_lease_held_elsewhere_is_waited_for_and_named(tmp_path):
     other = UnitLocks("cpu")
     assert other.try_lock(0)  # another "process": flock locks of two open files conflict even in one process
-    pool = ResourcePool(Target(device="cpu", cpu_cores=(0, 1)))
+    pool = ResourcePool(Target(device="cpu", cpu_cores=(0, 1)), machine_wide=True)
     assert pool.acquire(1, timeout_s=0) == [1]  # the free core
     with pytest.raises(TimeoutError):
         pool.acquire(1, timeout_s=0.2)

@@ -76,3 +76,16 @@ def test_processes_preparing_a_new_study_at_once_enqueue_the_baselines_once(tmp_
     assert sorted(t.user_attrs["baseline"] for t in waiting) == ["memory-model-guess", "size-preset",
                                                                  "vllm-defaults"]
     assert study.user_attrs["budget"]["n_trials"] == 4 and study.metric_names == ["goodput"]
+
+
+def test_a_default_database_that_cannot_be_opened_is_named_as_such_not_as_a_storage_flag(tmp_path):
+    from vtune._errors import VtuneError
+
+    settings = make_settings(tmp_path, name="broken")
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "studies" / "broken.db").write_text("not a database")
+    with pytest.raises(VtuneError) as info:
+        prepare_study(settings, n_trials=2, check_flags=False)
+    assert str(info.value).startswith(f"the study database {tmp_path / 'studies' / 'broken.db'} (the default for "
+                                      "--study broken): cannot open it")
+    assert "--storage" not in str(info.value)

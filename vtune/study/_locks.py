@@ -84,6 +84,15 @@ class UnitLocks:
         with self._lock:
             return set(self._fds)
 
+    def close(self) -> None:
+        """Gives every unit back."""
+        for unit in self.held():
+            self.unlock(unit)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
     def holder(self, unit: int) -> int | None:
         """The pid written by the unit's current (or last) holder, if readable."""
         try:

@@ -20,10 +20,11 @@ fragmentation leaves no aligned block with room, any free units are used (the
 units in the most-used blocks first): a trial never waits while enough units are
 free.
 
-Leases hold across processes: with ``machine_wide`` (the default) a unit is only leased
-once its machine-wide lock file is taken (:class:`~vtune.study._locks.UnitLocks`), so two
-vtune processes on one machine never put engines on the same GPU or core; units another
-process holds count as used for the placement, and a waiting request polls them.
+Leases hold across processes: with ``machine_wide`` (what a study launching real engines
+uses) a unit is only leased once its machine-wide lock file is taken
+(:class:`~vtune.study._locks.UnitLocks`), so two vtune processes on one machine never put
+engines on the same GPU or core; units another process holds count as used for the
+placement, and a waiting request polls them.
 
 :func:`default_concurrency` fills the node with the smallest layout the space can sample.
 """
@@ -122,12 +123,12 @@ class ResourcePool:
         target: The hardware: its GPUs on a GPU target, its CPU cores on the CPU engine.
         units: The units to share instead of the target's (tests, a worker's subset).
         machine_wide: Also take each unit's machine-wide lock file, so that other
-            processes' pools never lease it at the same time.
+            processes' pools (and other machine-wide pools here) never lease it at the same time.
         lock_folder: Folder of the lock files (default: ``$VTUNE_LOCK_DIR`` or
             ``/tmp/vtune-locks-<uid>``).
     """
 
-    def __init__(self, target: Target, *, units: Sequence[int] | None = None, machine_wide: bool = True,
+    def __init__(self, target: Target, *, units: Sequence[int] | None = None, machine_wide: bool = False,
                  lock_folder: Path | None = None) -> None:
         if units is None:
             units = target.gpus if target.device == "gpu" else target.cpu_cores

@@ -227,8 +227,7 @@ def make_storage(url: str, *, heartbeat: bool = True, heartbeat_interval_s: int 
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return _open_rdb(_with_driver(url), engine_kwargs=engine_kwargs, **kw)
         except Exception as exc:
-            raise VtuneError(f"cannot open the study storage {url} ({str(exc).splitlines()[0]}); fix or remove "
-                             "that database, or pass another --storage") from None
+            raise VtuneError(f"--storage {url}: cannot open it ({str(exc).splitlines()[0]})") from None
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 

@@ -15,7 +15,15 @@ inside an Optuna study:
   result, SLO constraints, artifacts under ``studies/<name>/trials/<n>/``;
 * resume: re-running the same command continues; a trial left RUNNING by a
   killed process is marked FAIL with the reason and its engine is killed;
-  ``--n-trials`` and ``--timeout`` count what was already done;
+  ``--n-trials`` and ``--timeout`` count what was already done, except trials
+  that failed for no fault of their configuration (interrupted, worker lost,
+  load tool failed: :mod:`vtune.study._budget`), and an interrupted baseline is
+  enqueued again;
+* stop signals: SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the running trials'
+  engines, record the trials as interrupted and leave with
+  :class:`~vtune.study._signals.StudyInterrupted` (exit 130/143/129 on the CLI);
+* before anything is written the fixed flags are parsed with the installed
+  vLLM's own parser (:func:`check_fixed_flags`);
 * at the end the best few are re-measured and the best config is exported.
 
 Scale-out:
@@ -23,7 +31,7 @@ Scale-out:
 * packing: with ``max_concurrent_trials`` > 1 (default on the CLI: as many as
   fill the node, :func:`default_concurrency`) trials run in threads, each on a
   lease of disjoint GPUs (TP x PP x DP of them) or CPU cores (one per rank) from
-  a :class:`vtune.study._scheduler.ResourcePool`; a trial needing more than the node
+  a :class:`vtune.study._packing.ResourcePool`; a trial needing more than the node
   has is pruned before launch (``pruned_by: resources``). Ports, logs and trial
   folders are per trial; the compile caches under ``studies/<name>/cache`` stay
   shared by the study's trials (entries are keyed by content hash; the IPC
@@ -33,10 +41,13 @@ Scale-out:
   storage (PostgreSQL), with this machine's hardware. Only :func:`run_study`
   (``vtune study``) enqueues baselines, and it re-measures and exports only
   once no trial runs anywhere; workers just run trials. The budget is the
-  study's, stored with it; trials started at the same instant by two workers
-  can overshoot it by one each (Optuna's own distributed budget has the same
-  race). Optuna claims each trial atomically (``SELECT ... FOR UPDATE``; on
-  SQLite vtune adds a lock), so two workers never run the same trial.
+  study's, stored with it, and checked by the storage whenever a trial is
+  claimed or created, under a claim lock (a lock file next to a SQLite
+  database, a PostgreSQL advisory lock), so processes together never start
+  more trials than it allows. Optuna claims each trial atomically (``SELECT
+  ... FOR UPDATE``; on SQLite the claim lock), so two workers never run the
+  same trial. Processes on one machine lease GPUs/cores through machine-wide
+  lock files (:mod:`vtune.study._locks`): they never share a unit.
 * lost workers: every running trial sends heartbeats; a trial whose worker was
   silent for the grace period is failed by the next worker that looks, with
   ``failure = {"kind": "worker_lost", ...}`` in its user attributes.
@@ -161,14 +172,15 @@ def run_study(
             launch real engines, i.e. ``trial_fn`` is :func:`vtune._trial.run_trial`).
 
     Raises:
-        VtuneError: Bad input (e.g. ``max_concurrent_trials`` below 1, fixed flags vLLM rejects).
+        VtuneError: Bad input (e.g. ``max_concurrent_trials`` below 1; fixed flags vLLM's parser rejects,
+            checked before anything is written when trials launch real engines).
         StudyInterrupted: A stop signal (SIGINT, SIGTERM, SIGHUP) or Ctrl-C: the running
             trials' engines were stopped and the trials recorded as interrupted
             (:mod:`vtune.study._signals`); a ``KeyboardInterrupt``.
     """
     study, shape, recovered, url = prepare_study(settings, storage_url, n_trials=n_trials, timeout_s=timeout_s,
                                                  heartbeat_interval_s=heartbeat_interval_s,
-                                                 grace_period_s=grace_period_s)
+                                                 grace_period_s=grace_period_s, check_flags=trial_fn is run_trial)
     runner, ran, k = _run_trials_here(study, settings, shape, n_trials=n_trials, timeout_s=timeout_s, quiet=quiet,
                                       max_concurrent_trials=max_concurrent_trials, trial_fn=trial_fn,
                                       machine_locks=machine_locks)
@@ -217,7 +229,14 @@ def prepare_study(
         check_fixed_flags(settings)
     url = storage_url or default_storage(settings.name, settings.studies_dir)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # vtune prints its own progress lines
-    study = open_study(settings, url, heartbeat_interval_s=heartbeat_interval_s, grace_period_s=grace_period_s)
+    try:
+        study = open_study(settings, url, heartbeat_interval_s=heartbeat_interval_s, grace_period_s=grace_period_s)
+    except VtuneError as exc:
+        if storage_url is not None:
+            raise
+        # The default database: name it as such, not as a --storage the user never passed.
+        raise VtuneError(str(exc).replace(f"--storage {url}", f"the study database {url.removeprefix('sqlite:///')} "
+                                          f"(the default for --study {settings.name})", 1)) from None
     recovered = recover_stale_trials(study)
     with claim(study):  # two `vtune study` processes starting together enqueue the baselines once
         enqueue_baselines(study, settings, shape)
