@@ -676,6 +676,14 @@ class _Parser(argparse.ArgumentParser):
         return super().parse_known_args(argv, namespace)
 
 
+_STOP_CODES = ("130 Ctrl-C (SIGINT), 143 SIGTERM (Slurm's time limit, Kubernetes' pod deletion), 129 SIGHUP: the "
+               "running trials' engines are stopped, their trials recorded as failed with failure kind "
+               "'interrupted' (not counted in --n-trials), one line is printed; re-run the same command to resume.")
+_STOP_EPILOG = ("Exit codes: 0 done; 1 no trial finished with a result yet; 2 bad input (one line, nothing run); "
+                + _STOP_CODES)
+_WORKER_EPILOG = "Exit codes: 0 done; 2 bad input (one line, nothing run); " + _STOP_CODES
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Builds the top-level parser with one sub-command per capability."""
     parser = _Parser(prog="vtune", description=DESCRIPTION)
@@ -724,7 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="tune: a Bayesian search over vLLM flags on real engines (the main job)",
                        description="Sample vLLM flags with Optuna, prune what cannot fit with the memory model, "
                                    "measure the rest on real engines under the workload, export the best config. "
-                                   "Re-running the same command resumes the study.")
+                                   "Re-running the same command resumes the study.",
+                       epilog=_STOP_EPILOG)
     p.add_argument("--model", help="local model directory or hub id (default without GPU: the built-in model)")
     p.add_argument("--workload", default="chatbot", help="chatbot, batch, interactive, long-context, reasoning, "
                    "or a workload YAML / JSONL file")
@@ -758,7 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "spent. Workers only run trials: the `vtune study` process enqueues baselines, "
                                    "re-measures and exports. Use a PostgreSQL --storage shared by all machines, "
                                    "and one vtune process per machine (each fills its node; on one machine raise "
-                                   "--max-concurrent-trials instead).")
+                                   "--max-concurrent-trials instead).",
+                       epilog=_WORKER_EPILOG)
     _add_study_location(p)
     p.add_argument("--gpus", help="GPU indices this worker uses, e.g. 0,1 (default: all found)")
     p.add_argument("--n-trials", type=int, help="most trials this worker runs (default: until the study's budget "
@@ -840,9 +850,9 @@ def main(argv: list[str] | None = None) -> int:
     except VtuneError as exc:
         print(f"vtune: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("vtune: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a study's StudyInterrupted (SIGINT, SIGTERM, SIGHUP)
+        print(f"vtune: {exc}" if str(exc) else "vtune: interrupted", file=sys.stderr, flush=True)
+        return int(getattr(exc, "exit_code", 130))
     except BrokenPipeError:  # output piped into `head`
         sys.stderr.close()
         return 0

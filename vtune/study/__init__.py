@@ -1,11 +1,14 @@
 """The study: an Optuna search over vLLM flags, measured on real engines.
 
-Modules by concern: :mod:`._settings` (what defines a study), :mod:`._storage` (storages,
-heartbeats, stale trials), :mod:`._baselines` (and what the sampler learns from them),
-:mod:`._runner` (one trial), :mod:`._packing` (trials at once on disjoint GPUs/cores),
-:mod:`._selection` (configuration means, best, pick), :mod:`._pruner`, :mod:`._remeasure`
-(the end-of-study re-measurements, inside the time budget), :mod:`._export` (configs/ files,
-``best`` JSON, summary), :mod:`._submit` (Slurm/PBS), and :mod:`._study` (run_study, run_worker).
+Modules by concern: :mod:`._settings` (what defines a study, ``build_settings``),
+:mod:`._storage` (storages, heartbeats, stale trials, the claim lock), :mod:`._baselines`
+(and what the sampler learns from them), :mod:`._runner` (one trial), :mod:`._packing`
+(trials at once on disjoint GPUs/cores), :mod:`._locks` (machine-wide GPU/core leases),
+:mod:`._budget` (which trials spend ``--n-trials``), :mod:`._signals` (SIGINT/SIGTERM/SIGHUP
+stop a study cleanly), :mod:`._selection` (configuration means, best, pick), :mod:`._pruner`,
+:mod:`._remeasure` (the end-of-study re-measurements, inside the time budget),
+:mod:`._export` (configs/ files, ``best`` JSON, summary), :mod:`._submit` (Slurm/PBS), and
+:mod:`._study` (run_study, run_worker).
 
 Names load on first use, so importing a submodule (``vtune.study._submit``) does not
 import Optuna.
@@ -28,6 +31,14 @@ if TYPE_CHECKING:
         suggest_baseline,
         vllm_default_values,
     )
+    from vtune.study._budget import (
+        LOAD_FAILURES,
+        MAX_LOAD_FAILURES_IN_A_ROW,
+        NOT_COUNTED_FAILURES,
+        BudgetSpent,
+        counts_toward_budget,
+        requeue_baselines,
+    )
     from vtune.study._export import (
         StudySummary,
         best_record,
@@ -37,8 +48,10 @@ if TYPE_CHECKING:
         mean_result_dict,
         summarize,
     )
+    from vtune.study._locks import LOCK_DIR_ENV, UnitLocks, lock_dir
     from vtune.study._packing import (
         CPU_TRIAL_OVERHEAD_GIB,
+        LeaseAborted,
         ResourcePool,
         cpu_trial_memory_gib,
         default_concurrency,
@@ -83,43 +96,65 @@ if TYPE_CHECKING:
         default_study_name,
         load_settings,
     )
+    from vtune.study._signals import EXIT_CODES, STOP_SIGNALS, StopSignals, StudyInterrupted, stop_trial_processes
     from vtune.study._storage import (
         GRACE_PERIOD_S,
         HEARTBEAT_INTERVAL_S,
+        claim,
         default_storage,
         heartbeat_interval_s,
         make_storage,
         recover_stale_trials,
         wait_for_running,
     )
-    from vtune.study._study import open_study, prepare_study, run_study, run_worker, worker_target
+    from vtune.study._study import (
+        check_fixed_flags,
+        open_study,
+        prepare_study,
+        run_study,
+        run_worker,
+        worker_target,
+    )
     from vtune.study._submit import walltime_hms, worker_job_script
 
 _HOME = {
     "ATTR": "vtune.study._settings",
+    "BudgetSpent": "vtune.study._budget",
     "CPU_TRIAL_OVERHEAD_GIB": "vtune.study._packing",
     "Configuration": "vtune.study._selection",
+    "EXIT_CODES": "vtune.study._signals",
     "GPU_MEMORY_TOLERANCE_MIB": "vtune.study._runner",
     "GPU_MEMORY_WAIT_S": "vtune.study._runner",
     "GRACE_PERIOD_S": "vtune.study._storage",
     "GpuMemoryNotBack": "vtune.study._runner",
     "HEARTBEAT_INTERVAL_S": "vtune.study._storage",
     "InSpaceSampler": "vtune.study._baselines",
+    "LOAD_FAILURES": "vtune.study._budget",
+    "LOCK_DIR_ENV": "vtune.study._locks",
+    "LeaseAborted": "vtune.study._packing",
+    "MAX_LOAD_FAILURES_IN_A_ROW": "vtune.study._budget",
+    "NOT_COUNTED_FAILURES": "vtune.study._budget",
     "NoiseAwarePruner": "vtune.study._pruner",
     "REUSE_AFTER": "vtune.study._runner",
     "Remeasured": "vtune.study._remeasure",
     "ResourcePool": "vtune.study._packing",
     "SCHEMA_VERSION": "vtune.study._settings",
+    "STOP_SIGNALS": "vtune.study._signals",
     "STRICT_SEQS_FACTOR": "vtune.study._runner",
+    "StopSignals": "vtune.study._signals",
+    "StudyInterrupted": "vtune.study._signals",
     "StudySettings": "vtune.study._settings",
     "StudySummary": "vtune.study._export",
     "TrialFailed": "vtune.study._runner",
+    "UnitLocks": "vtune.study._locks",
     "baseline_configs": "vtune.study._baselines",
     "baseline_params": "vtune.study._baselines",
     "best_configurations": "vtune.study._selection",
     "best_record": "vtune.study._export",
     "best_trials": "vtune.study._selection",
     "build_settings": "vtune.study._settings",
+    "check_fixed_flags": "vtune.study._study",
+    "claim": "vtune.study._storage",
     "config_groups": "vtune.study._selection",
     "config_key": "vtune.study._selection",
     "config_measurements": "vtune.study._selection",
@@ -127,6 +162,7 @@ _HOME = {
     "configurations": "vtune.study._selection",
     "count_done": "vtune.study._runner",
     "count_started": "vtune.study._runner",
+    "counts_toward_budget": "vtune.study._budget",
     "cpu_trial_memory_gib": "vtune.study._packing",
     "default_concurrency": "vtune.study._packing",
     "default_storage": "vtune.study._storage",
@@ -144,6 +180,7 @@ _HOME = {
     "json_safe": "vtune.study._export",
     "layout_sizes": "vtune.study._packing",
     "load_settings": "vtune.study._settings",
+    "lock_dir": "vtune.study._locks",
     "make_storage": "vtune.study._storage",
     "mean_result": "vtune.study._selection",
     "mean_result_dict": "vtune.study._export",
@@ -156,8 +193,10 @@ _HOME = {
     "prepare_study": "vtune.study._study",
     "recover_stale_trials": "vtune.study._storage",
     "remeasure": "vtune.study._remeasure",
+    "requeue_baselines": "vtune.study._budget",
     "run_study": "vtune.study._study",
     "run_worker": "vtune.study._study",
+    "stop_trial_processes": "vtune.study._signals",
     "suggest_baseline": "vtune.study._baselines",
     "summarize": "vtune.study._export",
     "vllm_default_values": "vtune.study._baselines",
@@ -167,18 +206,21 @@ _HOME = {
     "worker_target": "vtune.study._study",
 }
 __all__ = [
-    "ATTR", "CPU_TRIAL_OVERHEAD_GIB", "Configuration", "GPU_MEMORY_TOLERANCE_MIB", "GPU_MEMORY_WAIT_S",
-    "GRACE_PERIOD_S", "GpuMemoryNotBack", "HEARTBEAT_INTERVAL_S", "InSpaceSampler", "NoiseAwarePruner",
-    "REUSE_AFTER", "Remeasured", "ResourcePool", "SCHEMA_VERSION", "STRICT_SEQS_FACTOR", "StudySettings",
-    "StudySummary", "TrialFailed", "baseline_configs", "baseline_params", "best_configurations", "best_record",
-    "best_trials", "build_settings", "config_groups", "config_key", "config_measurements", "config_problem",
-    "configurations", "count_done", "count_started", "cpu_trial_memory_gib", "default_concurrency",
-    "default_storage", "default_study_name", "describe_measurements", "dimension_value", "dump_json", "elapsed_s",
-    "enqueue_baselines", "export_best", "heartbeat_interval_s", "in_dimension", "is_feasible", "is_off_space",
-    "json_safe", "layout_sizes", "load_settings", "make_storage", "mean_result", "mean_result_dict", "mean_values",
-    "measured_noise", "open_study", "pick_configuration", "pick_positions", "pick_trial", "prepare_study",
-    "recover_stale_trials", "remeasure", "run_study", "run_worker", "suggest_baseline", "summarize",
-    "vllm_default_values", "wait_for_running", "walltime_hms", "worker_job_script", "worker_target",
+    "ATTR", "BudgetSpent", "CPU_TRIAL_OVERHEAD_GIB", "Configuration", "EXIT_CODES", "GPU_MEMORY_TOLERANCE_MIB",
+    "GPU_MEMORY_WAIT_S", "GRACE_PERIOD_S", "GpuMemoryNotBack", "HEARTBEAT_INTERVAL_S", "InSpaceSampler",
+    "LOAD_FAILURES", "LOCK_DIR_ENV", "LeaseAborted", "MAX_LOAD_FAILURES_IN_A_ROW", "NOT_COUNTED_FAILURES",
+    "NoiseAwarePruner", "REUSE_AFTER", "Remeasured", "ResourcePool", "SCHEMA_VERSION", "STOP_SIGNALS",
+    "STRICT_SEQS_FACTOR", "StopSignals", "StudyInterrupted", "StudySettings", "StudySummary", "TrialFailed",
+    "UnitLocks", "baseline_configs", "baseline_params", "best_configurations", "best_record", "best_trials",
+    "build_settings", "check_fixed_flags", "claim", "config_groups", "config_key", "config_measurements",
+    "config_problem", "configurations", "count_done", "count_started", "counts_toward_budget",
+    "cpu_trial_memory_gib", "default_concurrency", "default_storage", "default_study_name", "describe_measurements",
+    "dimension_value", "dump_json", "elapsed_s", "enqueue_baselines", "export_best", "heartbeat_interval_s",
+    "in_dimension", "is_feasible", "is_off_space", "json_safe", "layout_sizes", "load_settings", "lock_dir",
+    "make_storage", "mean_result", "mean_result_dict", "mean_values", "measured_noise", "open_study",
+    "pick_configuration", "pick_positions", "pick_trial", "prepare_study", "recover_stale_trials", "remeasure",
+    "requeue_baselines", "run_study", "run_worker", "stop_trial_processes", "suggest_baseline",
+    "summarize", "vllm_default_values", "wait_for_running", "walltime_hms", "worker_job_script", "worker_target",
 ]
 
 

@@ -20,6 +20,12 @@ fragmentation leaves no aligned block with room, any free units are used (the
 units in the most-used blocks first): a trial never waits while enough units are
 free.
 
+Leases hold across processes: with ``machine_wide`` (what a study launching real engines
+uses) a unit is only leased once its machine-wide lock file is taken
+(:class:`~vtune.study._locks.UnitLocks`), so two vtune processes on one machine never put
+engines on the same GPU or core; units another process holds count as used for the
+placement, and a waiting request polls them.
+
 :func:`default_concurrency` fills the node with the smallest layout the space can sample.
 """
 
@@ -30,18 +36,27 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 from vtune._errors import VtuneError
 from vtune._memory import parameter_count
 from vtune._model_shape import load_model_shape
 from vtune._space import parse_layout
 from vtune._target import Target
+from vtune.study._locks import UnitLocks
 from vtune.study._settings import StudySettings
 
 __all__ = [
-    "CPU_TRIAL_OVERHEAD_GIB", "ResourcePool", "cpu_trial_memory_gib", "default_concurrency", "layout_sizes",
-    "pick_positions",
+    "CPU_TRIAL_OVERHEAD_GIB", "LeaseAborted", "ResourcePool", "cpu_trial_memory_gib", "default_concurrency",
+    "layout_sizes", "pick_positions",
 ]
+
+#: Seconds between two looks at units held by other processes while a request waits.
+POLL_S = 0.5
+
+
+class LeaseAborted(Exception):
+    """:meth:`ResourcePool.acquire` gave up waiting because its ``abort`` event was set (the study stops)."""
 
 
 def _pow2_at_least(n: int) -> int:
@@ -107,9 +122,14 @@ class ResourcePool:
     Args:
         target: The hardware: its GPUs on a GPU target, its CPU cores on the CPU engine.
         units: The units to share instead of the target's (tests, a worker's subset).
+        machine_wide: Also take each unit's machine-wide lock file, so that other
+            processes' pools (and other machine-wide pools here) never lease it at the same time.
+        lock_folder: Folder of the lock files (default: ``$VTUNE_LOCK_DIR`` or
+            ``/tmp/vtune-locks-<uid>``).
     """
 
-    def __init__(self, target: Target, *, units: Sequence[int] | None = None) -> None:
+    def __init__(self, target: Target, *, units: Sequence[int] | None = None, machine_wide: bool = False,
+                 lock_folder: Path | None = None) -> None:
         if units is None:
             units = target.gpus if target.device == "gpu" else target.cpu_cores
         self.units: tuple[int, ...] = tuple(int(u) for u in units)
@@ -120,6 +140,7 @@ class ResourcePool:
         self._free: set[int] = set(range(len(self.units)))
         self._cond = threading.Condition()
         self._queue: deque[object] = deque()
+        self.locks = UnitLocks(target.device, lock_folder) if machine_wide else None
 
     @property
     def size(self) -> int:
@@ -147,19 +168,22 @@ class ResourcePool:
                     f"({', '.join(str(u) for u in self.units) or 'none'})")
         return None
 
-    def acquire(self, n: int, timeout_s: float | None = None) -> list[int]:
+    def acquire(self, n: int, timeout_s: float | None = None, abort: threading.Event | None = None) -> list[int]:
         """Blocks until ``n`` units are free, leases them and returns them (sorted).
 
         Callers are served in arrival order: one that asks for many units is not
-        overtaken by later small requests.
+        overtaken by later small requests (within this process; other processes'
+        requests are not ordered with them).
 
         Args:
             n: Units wanted.
             timeout_s: Longest wait (None: no limit).
+            abort: Stop waiting once this event is set.
 
         Raises:
             VtuneError: ``n`` is below 1 or more than the pool holds (it could never be served).
             TimeoutError: ``timeout_s`` passed first; nothing is leased then.
+            LeaseAborted: ``abort`` was set first; nothing is leased then.
         """
         problem = self.check(n)
         if problem:
@@ -170,18 +194,51 @@ class ResourcePool:
             self._queue.append(ticket)
             try:
                 while True:
+                    if abort is not None and abort.is_set():
+                        raise LeaseAborted(f"stopped waiting for {n} {self.unit_name}(s)")
+                    elsewhere = False
                     if self._queue[0] is ticket:
-                        chosen = pick_positions(n, self._free, self.size)
+                        chosen, elsewhere = self._take(n)
                         if chosen is not None:
                             self._free.difference_update(chosen)
                             return [self.units[p] for p in chosen]
                     left_s = None if deadline is None else deadline - time.monotonic()
                     if left_s is not None and left_s <= 0:
                         raise TimeoutError(f"no {n} free {self.unit_name}(s) within {timeout_s:g} s")
+                    if elsewhere or abort is not None:  # nothing here will notify: look again soon
+                        left_s = POLL_S if left_s is None else min(left_s, POLL_S)
                     self._cond.wait(left_s)
             finally:
                 self._queue.remove(ticket)
                 self._cond.notify_all()
+
+    def _take(self, n: int) -> tuple[list[int] | None, bool]:
+        """Positions for ``n`` units free here and (machine-wide) not held elsewhere, their locks taken.
+
+        Returns:
+            The positions (None: not now), and whether units held by other processes are why.
+        """
+        if self.locks is None or len(self._free) < n:
+            return pick_positions(n, self._free, self.size), False
+        lockable = {p for p in self._free if self.locks.try_lock(self.units[p])}
+        chosen = pick_positions(n, lockable, self.size)
+        for p in lockable - set(chosen or ()):
+            self.locks.unlock(self.units[p])
+        return chosen, chosen is None
+
+    def held_elsewhere(self) -> dict[int, int | None]:
+        """Units free here whose machine-wide lock another process holds now: ``{unit: its pid}``."""
+        if self.locks is None:
+            return {}
+        with self._cond:
+            out: dict[int, int | None] = {}
+            for p in sorted(self._free):
+                unit = self.units[p]
+                if self.locks.try_lock(unit):
+                    self.locks.unlock(unit)
+                else:
+                    out[unit] = self.locks.holder(unit)
+            return out
 
     def release(self, units: Sequence[int]) -> None:
         """Returns a lease to the pool.
@@ -196,6 +253,9 @@ class ResourcePool:
                 if p is None or p in self._free or p in positions:
                     raise ValueError(f"{self.unit_name} {u} is not leased from this pool")
                 positions.append(p)
+            if self.locks is not None:
+                for p in positions:
+                    self.locks.unlock(self.units[p])
             self._free.update(positions)
             self._cond.notify_all()
 

@@ -7,12 +7,14 @@ artifacts under ``studies/<name>/trials/<n>/``; every real start calibrates the 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import optuna
 from optuna.trial import TrialState
@@ -25,7 +27,10 @@ from vtune._serve_config import ServeConfig
 from vtune._space import layout_name
 from vtune._trial import TrialRecord, run_trial
 from vtune.study._baselines import suggest_baseline
+from vtune.study._budget import BUDGET_STATES, LOAD_FAILURES, counts_toward_budget
+from vtune.study._packing import LeaseAborted
 from vtune.study._settings import StudySettings
+from vtune.study._signals import StopSignals
 from vtune.study._storage import _worker_id
 
 __all__ = [
@@ -89,21 +94,45 @@ class _Progress:
 TrialFn = Any
 
 class _Runner:
-    """The objective function of the study (one call = one trial)."""
+    """The objective function of the study (one call = one trial).
+
+    Args:
+        settings: The study's settings.
+        shape: The model's shape (for the memory model).
+        study: The study.
+        progress: Where the progress lines go.
+        gpu_allocator: A :class:`~vtune.study._packing.ResourcePool` leasing GPUs/cores to
+            each trial, or None (one trial at a time, no leases).
+        trial_fn: How a trial is measured.
+        cores_per_rank: CPU cores each engine rank gets on the CPU engine.
+        pin: Pin each CPU-engine trial to its leased cores (trials packed at once). Without
+            pinning a CPU-engine trial leases every core of the pool and runs unpinned.
+        stop: The study's stop signals (default: none installed; a KeyboardInterrupt out of
+            a trial still stops the study).
+    """
 
     def __init__(self, settings: StudySettings, shape: ModelShape, study: optuna.Study, progress: _Progress,
-                 gpu_allocator: Any = None, trial_fn: TrialFn = run_trial, cores_per_rank: int = 1) -> None:
+                 gpu_allocator: Any = None, trial_fn: TrialFn = run_trial, cores_per_rank: int = 1, *,
+                 pin: bool = True, stop: StopSignals | None = None) -> None:
         self.s = settings
         self.shape = shape
         self.study = study
         self.progress = progress
-        self.alloc = gpu_allocator  # a ResourcePool when trials run at once, else None
+        self.alloc = gpu_allocator  # a ResourcePool, or None: one trial at a time without leases
         self.trial_fn = trial_fn
         self.cores_per_rank = max(1, cores_per_rank)
+        self.pin = pin
         self.cache_dir = settings.study_dir / "cache"
         self._lock = threading.Lock()
-        #: Set on Ctrl-C while trials run in threads: no new engine starts, failures read "interrupted".
-        self.interrupted = threading.Event()
+        self.stop = stop or StopSignals()
+        #: Set on a stop signal (or a KeyboardInterrupt out of a trial): no new engine starts,
+        #: failures read "interrupted".
+        self.interrupted = self.stop.event
+        #: Trials this runner recorded as interrupted.
+        self.interrupted_trials: list[int] = []
+        #: Load-tool failures (:data:`LOAD_FAILURES`) in a row here, and the last one.
+        self.load_failures_in_a_row = 0
+        self.last_load_failure: tuple[int, str] | None = None
         self._in_flight = 0
 
     # -- calibration lives in the study, shared with workers
@@ -134,31 +163,48 @@ class _Runner:
                                                                       list[int] | None]:
         """``(gpus, cpu_cores, lease)`` for a trial of ``cfg``; blocks while the units are busy.
 
-        Without a pool (one trial at a time) a GPU trial takes the first GPUs and a
-        CPU trial the whole machine (no pinning); ``lease`` is then None.
+        With a pool the lease holds across processes (machine-wide lock files, unless the
+        pool was made without them). A GPU trial leases its TP x PP x DP GPUs; a CPU trial
+        its cores (pinned), or without pinning every core of the pool (``cpu_cores`` is then
+        None: the engine runs unpinned on the whole machine, alone). Without a pool a GPU
+        trial takes the first GPUs and a CPU trial the whole machine; ``lease`` is then None.
 
         Args:
             cfg: The configuration.
             on_wait: Called once before blocking, when the units are not free now.
+
+        Raises:
+            LeaseAborted: The study stopped while the trial waited.
         """
         n = self.units_needed(cfg)
         if self.alloc is None:
             gpus = list(self.s.target.gpus[:n]) if self.s.target.device == "gpu" else None
             return gpus, None, None
+        gpu = self.s.target.device == "gpu"
+        want = n if gpu or self.pin else self.alloc.size
         try:
-            units = self.alloc.acquire(n, timeout_s=0)
+            units = self.alloc.acquire(want, timeout_s=0)
         except TimeoutError:
             if on_wait is not None:
                 on_wait()
-            units = self.alloc.acquire(n)
-        if self.s.target.device == "gpu":
+            units = self.alloc.acquire(want, abort=self.interrupted)
+        if gpu:
             return list(units), None, units
-        return None, list(units), units
+        return None, (list(units) if self.pin else None), units
 
     def release(self, lease: list[int] | None) -> None:
         """Gives a lease back (no-op for None)."""
         if lease is not None and self.alloc is not None:
             self.alloc.release(lease)
+
+    def _waiting_for(self) -> str:
+        """The progress phase of a trial waiting for its units (naming other processes that hold them)."""
+        what = "GPUs" if self.s.target.device == "gpu" else "CPU cores"
+        holders = self.alloc.held_elsewhere() if self.alloc is not None else {}
+        pids = sorted({p for p in holders.values() if p is not None and p != os.getpid()})
+        if holders and pids:
+            return f"waiting for free {what} ({len(holders)} held by vtune pid {', '.join(map(str, pids))})"
+        return f"waiting for free {what}"
 
     def __call__(self, trial: optuna.Trial) -> Any:
         with self._lock:
@@ -180,6 +226,8 @@ class _Runner:
         t0 = time.monotonic()
         s = self.s
         trial.set_user_attr("worker", _worker_id())
+        if self.interrupted.is_set():  # claimed while the study was stopping: record it, start nothing
+            self._interrupted(trial, None, "before it started", trial.user_attrs.get("baseline") or "", 0.0)
         baseline = trial.user_attrs.get("baseline")
         if baseline and trial.user_attrs.get("baseline_config"):
             cfg = suggest_baseline(trial, s)  # its parameters are exactly what it runs with
@@ -188,8 +236,7 @@ class _Runner:
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("flags", cfg.to_flags_line())
         what = baseline or " ".join(f"{k}={v}" for k, v in trial.params.items())
-        done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
-                                                                  TrialState.FAIL)))
+        done = count_done(self.study)
         reused = self._reuse(trial, cfg)
         if reused is not None:
             self.progress.line(done + 1, trial.number, what, "reused: this configuration was measured "
@@ -241,37 +288,54 @@ class _Runner:
             trial.set_user_attr("engine", {"pid": server.pid, "pgid": server.pgid, **_worker_id()})
 
         def on_phase(phase: str) -> None:
+            if phase == "stopping":
+                self.stop.hold()  # a signal during the teardown must not cut it short
             self.progress.line(done, trial.number, what, phase, time.monotonic() - t0)
 
-        gpus, cores, lease = self.lease(cfg, on_wait=lambda: on_phase(
-            "waiting for free " + ("GPUs" if s.target.device == "gpu" else "CPU cores")))
+        try:
+            gpus, cores, lease = self.lease(cfg, on_wait=lambda: on_phase(self._waiting_for()))
+        except LeaseAborted:
+            self._interrupted(trial, None, "while it waited for free units", what, time.monotonic() - t0)
         trial.set_user_attr("gpus", gpus)
         trial.set_user_attr("cpu_cores", cores)
         trial.set_user_attr("lease", {"device": s.target.device, "units": lease, **_worker_id()}
                             if lease is not None else None)
         if self.interrupted.is_set():
             self.release(lease)
-            trial.set_user_attr("failure", _interrupted_failure("before its engine started"))
-            raise TrialFailed("interrupted before launch")
+            self._interrupted(trial, None, "before its engine started", what, time.monotonic() - t0)
         extra: dict[str, Any] = {"cpu_cores": cores} if cores is not None else {}
+        rec: TrialRecord | None = None
         try:
-            rec = self.trial_fn(cfg, s.workload, run_dir, gpus=gpus, duration_s=s.duration_s,
-                                cache_dir=self.cache_dir, on_step=on_step, on_phase=on_phase, on_launch=on_launch,
-                                **extra)
-            if gpus and rec.teardown.get("gpu_memory_back") is False:
+            with self.stop.raising():  # in the main thread a stop signal interrupts the measurement itself
+                rec = self.trial_fn(cfg, s.workload, run_dir, gpus=gpus, duration_s=s.duration_s,
+                                    cache_dir=self.cache_dir, on_step=on_step, on_phase=on_phase,
+                                    on_launch=on_launch, **extra)
+            if gpus and rec.teardown.get("gpu_memory_back") is False and not self.interrupted.is_set():
                 self._wait_for_gpu_memory(trial, rec, gpus, on_phase)
+        except KeyboardInterrupt as exc:  # a stop signal in the main thread, or Ctrl-C inside a trial function
+            self.stop.note(exc)
+        except Exception as exc:
+            if not isinstance(exc.__context__, KeyboardInterrupt):
+                raise
+            self.stop.note(exc.__context__)  # the trial function broke while recording its interruption
         finally:
             self.release(lease)
+        if rec is None:
+            rec = _saved_record(run_dir)  # what run_trial saved before re-raising, if it did
+            if rec is not None:
+                self._record(trial, rec, est)
+            self._interrupted(trial, rec, "while it ran; its engine was stopped", what, time.monotonic() - t0)
         self._record(trial, rec, est)
-        if self.interrupted.is_set() and rec.failure is not None:
-            trial.set_user_attr("failure", _interrupted_failure("while it ran; its engine was stopped",
-                                                                rec.failure.to_dict()))
+        if self.interrupted.is_set() and rec.failure is not None:  # its engine or load was stopped for the signal
+            self._interrupted(trial, rec, "while it ran; its engine was stopped", what, time.monotonic() - t0)
         if rec.startup is not None and s.target.device == "gpu":
             with self._lock:  # trials finishing at once in this process must not drop an observation
                 self._save_calibration(self.calibration().observe(est, rec.startup.to_dict()))
         if rec.failure is not None:
+            self._note_load_failure(trial.number, rec)
             self.progress.line(done + 1, trial.number, what, f"FAILED {rec.failure.kind}", time.monotonic() - t0)
             raise TrialFailed(f"{rec.failure.kind}: {rec.failure.message}")
+        self.load_failures_in_a_row = 0
         assert rec.result is not None
         for key, value in slo_constraints(rec.result, s.workload.slo).items():
             trial.set_constraint(key, value)
@@ -287,6 +351,28 @@ class _Runner:
         summary = objective_summary(s.objectives, values)
         self.progress.line(done + 1, trial.number, what, f"done: {summary}", time.monotonic() - t0)
         return values[0] if single else values
+
+    def _interrupted(self, trial: optuna.Trial, rec: TrialRecord | None, when: str, what: str,
+                     elapsed: float) -> NoReturn:
+        """Records the trial FAIL as interrupted (one classification, in the study and on the console)."""
+        self.stop.note()
+        signal_name = self.stop.signal_name or "SIGINT"
+        trial.set_user_attr("failure", _interrupted_failure(when, rec.failure.to_dict() if rec and rec.failure
+                                                            else None, signal_name))
+        with self._lock:
+            self.interrupted_trials.append(trial.number)
+        self.progress.line(count_done(self.study), trial.number, what,
+                           f"interrupted by {signal_name} {when}: recorded as failed, not counted", elapsed)
+        raise TrialFailed(f"interrupted by {signal_name} {when}")
+
+    def _note_load_failure(self, number: int, rec: TrialRecord) -> None:
+        """Counts load-tool failures in a row (they do not spend the budget, so they must not loop forever)."""
+        assert rec.failure is not None
+        if rec.failure.kind in LOAD_FAILURES:
+            self.load_failures_in_a_row += 1
+            self.last_load_failure = (number, rec.failure.message)
+        else:
+            self.load_failures_in_a_row = 0
 
     def _reuse(self, trial: optuna.Trial, cfg: ServeConfig) -> Any:
         """The mean result of a configuration already measured :data:`REUSE_AFTER` times, else None.
@@ -315,20 +401,12 @@ class _Runner:
             GpuMemoryNotBack: Still not back after :data:`GPU_MEMORY_WAIT_S`; the
                 study stops (resuming later continues it).
         """
-        from vtune._hardware import gpu_memory_used_bytes
+        from vtune.engines import wait_gpu_memory_back
 
-        before = {int(k): int(v) for k, v in (rec.teardown.get("gpu_memory_before_mib") or {}).items()}
         on_phase("waiting for GPU memory to come back")
-        t0 = time.monotonic()
-        excess: dict[int, int] = {}
-        while True:
-            used = {g: b // (1 << 20) for g, b in gpu_memory_used_bytes(gpus).items()}
-            excess = {g: used[g] - before.get(g, used[g]) for g in used
-                      if used[g] - before.get(g, used[g]) > GPU_MEMORY_TOLERANCE_MIB}
-            if not excess or time.monotonic() - t0 >= GPU_MEMORY_WAIT_S:
-                break
-            time.sleep(2)
-        waited = time.monotonic() - t0
+        wait = wait_gpu_memory_back(rec.teardown.get("gpu_memory_before_mib") or {},
+                                    tolerance_mib=GPU_MEMORY_TOLERANCE_MIB, timeout_s=GPU_MEMORY_WAIT_S, poll_s=2.0)
+        excess, waited = wait.excess_mib, wait.waited_s
         trial.set_user_attr("gpu_memory_wait_s", waited)
         if excess:
             trial.set_user_attr("gpu_memory_not_back_mib", {str(g): v for g, v in excess.items()})
@@ -355,20 +433,36 @@ class _Runner:
         if rec.startup is not None and rec.startup.kv_cache_tokens and est.kv_cache_tokens:
             trial.set_user_attr("kv_tokens_error", est.kv_cache_tokens / rec.startup.kv_cache_tokens - 1)
 
-def _interrupted_failure(when: str, engine: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``failure`` user attribute of a trial stopped by Ctrl-C (as :func:`recover_stale_trials` writes)."""
-    return {"kind": "interrupted", "message": f"the study was interrupted (Ctrl-C) {when}",
+def _interrupted_failure(when: str, engine: dict[str, Any] | None = None,
+                         signal_name: str = "SIGINT") -> dict[str, Any]:
+    """The ``failure`` user attribute of a trial stopped by a stop signal (as :func:`recover_stale_trials` writes).
+
+    ``engine_failure`` keeps what the trial's engine or load reported when it was stopped.
+    """
+    how = "Ctrl-C, SIGINT" if signal_name == "SIGINT" else signal_name
+    return {"kind": "interrupted", "message": f"the study was interrupted ({how}) {when}", "signal": signal_name,
             "log_line": (engine or {}).get("log_line"), "exit_code": (engine or {}).get("exit_code"),
             "engine_failure": engine}
 
+def _saved_record(run_dir: Path) -> TrialRecord | None:
+    """The trial's ``trial.json``, as :func:`vtune._trial.run_trial` saves it even when interrupted."""
+    try:
+        return TrialRecord.from_dict(json.loads((run_dir / "trial.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
 def count_done(study: optuna.Study) -> int:
-    """Trials that count against ``--n-trials``: finished in any way."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+    """Trials that spent ``--n-trials`` and finished (:func:`~vtune.study._budget.counts_toward_budget`)."""
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                   TrialState.FAIL)) if counts_toward_budget(t))
 
 def count_started(study: optuna.Study) -> int:
-    """Trials finished or running: what a study's budget has handed out."""
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
-                                                         TrialState.RUNNING)))
+    """Trials that spent ``--n-trials``, finished or running: what a study's budget has handed out.
+
+    Interrupted trials, those of lost workers and load-tool failures do not count
+    (:data:`~vtune.study._budget.NOT_COUNTED_FAILURES`).
+    """
+    return sum(1 for t in study.get_trials(deepcopy=False, states=BUDGET_STATES) if counts_toward_budget(t))
 
 def elapsed_s(study: optuna.Study) -> float:
     """Wall seconds already spent in finished trials (counts against ``--timeout``).

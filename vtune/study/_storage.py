@@ -3,7 +3,9 @@
 * SQLite at ``studies/<name>.db`` by default, any Optuna storage URL (PostgreSQL for several machines);
 * every running trial sends heartbeats; a trial whose worker was silent for the grace period is
   failed by the next worker that looks, with ``failure = {"kind": "worker_lost", ...}``;
-* a trial left RUNNING by a dead process of this host is failed on resume and its engine killed.
+* a trial left RUNNING by a dead process of this host is failed on resume and its engine killed;
+* safe to race: processes opening a new SQLite database at once are serialized by a lock file
+  next to it (other databases are retried); claims and the trial budget hold across processes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from vtune._errors import VtuneError
+from vtune.study._budget import BUDGET_STATES, BudgetSpent, counts_toward_budget
 
 __all__ = [
-    "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "default_storage", "heartbeat_interval_s", "make_storage",
+    "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "claim", "default_storage", "heartbeat_interval_s", "make_storage",
     "recover_stale_trials", "wait_for_running",
 ]
 
@@ -40,7 +45,7 @@ def default_storage(name: str, studies_dir: Path) -> str:
     return f"sqlite:///{(studies_dir / f'{name}.db').resolve()}"
 
 class _VtuneRDBStorage(optuna.storages.RDBStorage):
-    """Optuna's RDBStorage whose heartbeat sweep also records why a trial failed.
+    """Optuna's RDBStorage whose heartbeat sweep also records why a trial failed, with a claim lock and a budget.
 
     Optuna marks a RUNNING trial whose worker stopped sending heartbeats FAIL
     (``optuna.storages.fail_stale_trials``, run by every worker before each new
@@ -48,42 +53,113 @@ class _VtuneRDBStorage(optuna.storages.RDBStorage):
     reason is written here, while the sweep finds the trial and it is still
     RUNNING: ``failure = {"kind": "worker_lost", ...}``.
 
-    On SQLite it also makes claiming a waiting (enqueued) trial atomic: Optuna
-    relies on ``SELECT ... FOR UPDATE``, which SQLite ignores, so two threads or
-    processes could both start the same enqueued trial. Claims are serialized by
-    a lock (threads) and a lock file next to the database (processes).
+    Claims are serialized (:meth:`claim`): a lock (threads) and, on SQLite, a lock
+    file next to the database (processes of this machine), on PostgreSQL an advisory
+    lock (processes anywhere). Under it:
+
+    * claiming a waiting (enqueued) trial is atomic: Optuna relies on ``SELECT ... FOR
+      UPDATE``, which SQLite ignores, so two threads or processes could both start the
+      same enqueued trial;
+    * the study's budget holds across processes: a trial is claimed or created only
+      while the trials that spend ``--n-trials`` (:func:`~vtune.study._budget.counts_toward_budget`,
+      running ones included) are fewer than the study's ``budget.n_trials`` user
+      attribute; else :class:`~vtune.study._budget.BudgetSpent` is raised and nothing is
+      started (Optuna's ``MaxTrialsCallback`` checks only after a trial, so N processes
+      overshoot by up to N - 1).
     """
+
+    #: Key of the PostgreSQL advisory lock serializing claims (any constant shared by vtune processes).
+    _PG_LOCK_KEY = 0x7674756E65  # "vtune"
 
     def __init__(self, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self._claim_lock = threading.Lock()
+        self._claim_lock = threading.RLock()
+        self._claim_depth = threading.local()
         self._claim_file: str | None = None
-        if url.startswith("sqlite:///") and url.removeprefix("sqlite:///"):
+        if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
             self._claim_file = url.removeprefix("sqlite:///") + ".claim-lock"
 
     def __getstate__(self) -> dict[Any, Any]:
         state = dict(super().__getstate__())
         state.pop("_claim_lock", None)
+        state.pop("_claim_depth", None)
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
-        self._claim_lock = threading.Lock()
+        self._claim_lock = threading.RLock()
+        self._claim_depth = threading.local()
+
+    @contextmanager
+    def claim(self) -> Iterator[None]:
+        """Holds the claim lock (re-entrant in a thread): threads here, and processes on this database."""
+        with self._claim_lock:
+            depth = getattr(self._claim_depth, "n", 0)
+            self._claim_depth.n = depth + 1
+            try:
+                if depth:
+                    yield
+                elif self._claim_file is not None:
+                    import fcntl
+
+                    with open(self._claim_file, "a") as lock:
+                        fcntl.flock(lock, fcntl.LOCK_EX)
+                        try:
+                            yield
+                        finally:
+                            fcntl.flock(lock, fcntl.LOCK_UN)
+                elif self.engine.name == "postgresql":
+                    import sqlalchemy
+
+                    with self.engine.connect() as conn:
+                        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self._PG_LOCK_KEY})
+                        conn.commit()
+                        try:
+                            yield
+                        finally:
+                            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self._PG_LOCK_KEY})
+                            conn.commit()
+                else:
+                    yield
+            finally:
+                self._claim_depth.n = depth
+
+    def _check_budget(self, study_id: int) -> None:
+        """Raises BudgetSpent when the study's ``budget.n_trials`` is handed out (call under :meth:`claim`)."""
+        budget = self.get_study_user_attrs(study_id).get("budget") or {}
+        n_trials = budget.get("n_trials")
+        if n_trials is None:
+            return
+        spent = sum(1 for t in self.get_all_trials(study_id, deepcopy=False, states=BUDGET_STATES)
+                    if counts_toward_budget(t))
+        if spent >= int(n_trials):
+            raise BudgetSpent(f"the study's budget of {n_trials} trials is handed out ({spent} spent or running)")
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        # Optuna's cache in front of every RDB storage calls this private method, not create_new_trial.
+        if template_trial is not None:  # an enqueued (WAITING) or added trial: nothing starts
+            return super()._create_new_trial(study_id, template_trial)
+        with self.claim():
+            self._check_budget(study_id)
+            return super()._create_new_trial(study_id, template_trial)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
-        if state != TrialState.RUNNING or not self.engine.name == "sqlite":
+        if state != TrialState.RUNNING:
             return super().set_trial_state_values(trial_id, state, values)
-        with self._claim_lock:
-            if self._claim_file is None:
-                return super().set_trial_state_values(trial_id, state, values)
-            import fcntl
+        with self.claim():
+            self._check_budget(self._study_of(trial_id))
+            return super().set_trial_state_values(trial_id, state, values)
 
-            with open(self._claim_file, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    return super().set_trial_state_values(trial_id, state, values)
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
+    def _study_of(self, trial_id: int) -> int:
+        """The study id of a trial (Optuna's storage API has no public call for it; its schema's ``trials`` table)."""
+        import sqlalchemy
+
+        with self.engine.connect() as conn:
+            row = conn.execute(sqlalchemy.text("SELECT study_id FROM trials WHERE trial_id = :t"),
+                               {"t": trial_id}).fetchone()
+        if row is None:
+            raise KeyError(f"no trial with id {trial_id}")
+        return int(row[0])
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         # Private Optuna API, checked against Optuna 5.0.0 (unchanged since 3.6): the public
@@ -150,9 +226,9 @@ def make_storage(url: str, *, heartbeat: bool = True, heartbeat_interval_s: int 
             kw.update(heartbeat_interval=int(heartbeat_interval_s), grace_period=int(grace_period_s))
         engine_kwargs = {"pool_pre_ping": True} if url.startswith("postgresql") else {}
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _init_lock(url):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return _VtuneRDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, **kw)
+                return _open_rdb(_with_driver(url), engine_kwargs=engine_kwargs, **kw)
         except Exception as exc:
             raise VtuneError(f"--storage {url}: cannot open it ({str(exc).splitlines()[0]})") from None
     if url.startswith("journal:"):
@@ -160,6 +236,56 @@ def make_storage(url: str, *, heartbeat: bool = True, heartbeat_interval_s: int 
 
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     raise VtuneError(f"--storage {url}: use sqlite:///path.db, postgresql://user@host/db or journal:/path.log")
+
+#: Attempts at opening an RDB storage whose tables another process is creating at the same moment.
+OPEN_ATTEMPTS = 5
+
+
+@contextmanager
+def _init_lock(url: str) -> Iterator[None]:
+    """Serializes creating a new SQLite database with other processes: a lock file next to it.
+
+    Optuna's ``RDBStorage`` creates its tables and stamps the schema version check-then-create,
+    unguarded, so two processes opening a new database at once fail one of them
+    (``UNIQUE constraint failed: alembic_version.version_num``, ``table ... already exists``).
+    Other databases (PostgreSQL, MySQL) get retries instead (:func:`_open_rdb`).
+    """
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        yield
+        return
+    import fcntl
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path + ".init-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        yield
+
+
+def _open_rdb(url: str, **kwargs: Any) -> _VtuneRDBStorage:
+    """Opens the storage, retrying while another process creates the same database's tables."""
+    import sqlalchemy.exc
+
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return _VtuneRDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError):
+            if attempt == OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("not reached")
+
+
+def claim(study: optuna.Study) -> Any:
+    """The study storage's claim lock (:meth:`_VtuneRDBStorage.claim`), or a no-op for other storages.
+
+    Check-then-write steps that two processes may run at once (enqueueing the baselines,
+    enqueueing a baseline again) run under it.
+    """
+    storage = _study_storage(study)
+    backend = getattr(storage, "_backend", storage)  # optuna wraps RDB storages in a cache
+    return backend.claim() if isinstance(backend, _VtuneRDBStorage) else nullcontext()
+
 
 # ------------------------------------------------------------------------ trials
 def _worker_id() -> dict[str, Any]:
@@ -197,34 +323,11 @@ def _is_vtune(pid: int) -> bool:
 
 # ------------------------------------------------------------------- lifecycle
 def _kill_stale_engine(info: dict[str, Any]) -> bool:
-    """Kills a dead worker's engine group if it is still alive on this host."""
-    import signal
+    """Kills a dead worker's engine group if it is still alive here (:func:`vtune.engines.kill_recorded_group`)."""
+    from vtune.engines import kill_recorded_group
 
-    import psutil
+    return bool(info) and kill_recorded_group(info)
 
-    if not info or info.get("host") != socket.gethostname():
-        return False
-    pgid = info.get("pgid")
-    if not pgid:
-        return False
-    members = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if os.getpgid(p.pid) == pgid:
-                members.append(p)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    if not members:
-        return False
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return True
-        _, alive = psutil.wait_procs(members, timeout=10)
-        if not alive:
-            return True
-    return True
 
 def recover_stale_trials(study: optuna.Study) -> list[int]:
     """Marks trials left RUNNING by a dead process on this host as FAIL, with the reason.
@@ -245,8 +348,11 @@ def recover_stale_trials(study: optuna.Study) -> list[int]:
         killed = _kill_stale_engine(t.user_attrs.get("engine") or {})
         reason = (f"interrupted: the vtune process (pid {pid} on {here}) died while this trial ran; "
                   f"marked failed on resume{' and its engine was stopped' if killed else ''}")
-        _set_trial_user_attr(study, t, "failure", {"kind": "interrupted", "message": reason,
-                                                   "log_line": None, "exit_code": None})
+        try:
+            _set_trial_user_attr(study, t, "failure", {"kind": "interrupted", "message": reason,
+                                                       "log_line": None, "exit_code": None})
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process resuming the same study marked it first
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
         marked.append(t.number)
     return marked
