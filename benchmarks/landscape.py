@@ -304,20 +304,16 @@ def prepare_model(spec_model: str, work_dir: Path) -> Path:
 
 def vllm_defaults(device: str, gpu_memory_gib: float | None, gpu_name: str, base: ServeConfig,
                   model_dtype: str) -> dict[str, Any]:
-    """Values vLLM's ``serve`` uses for unset flags (``EngineArgs.get_batch_defaults``, 0.26-0.32)."""
-    world = base.tp * base.pp
-    if device == "cpu":
-        tokens, seqs = 2048 * world, 128 * world
-    elif (gpu_memory_gib or 0) >= 160:
-        tokens, seqs = 16384, 1024
-    elif (gpu_memory_gib or 0) >= 70 and "a100" not in gpu_name.lower():
-        tokens, seqs = 8192, 1024
-    else:
-        tokens, seqs = 2048, 256
+    """Values vLLM's ``serve`` uses for unset flags (from :mod:`vtune._vllm_defaults`)."""
+    from vtune._memory import Gpu
+    from vtune._vllm_defaults import GPU_MEMORY_UTILIZATION, serve_batch_defaults
+
+    gpu = Gpu(gpu_name, gpu_memory_gib) if gpu_memory_gib else None
+    tokens, seqs = serve_batch_defaults(device, gpu, world_size=base.tp * base.pp)
     dtype = model_dtype if model_dtype not in ("float32", "float") else "bfloat16"  # vLLM downcasts fp32 checkpoints
     out: dict[str, Any] = {
         "max_num_seqs": seqs, "max_num_batched_tokens": tokens, "dtype": dtype,
-        "gpu_memory_utilization": 0.9, "parallel_layout": layout_name(base.tp, base.pp, base.dp),
+        "gpu_memory_utilization": GPU_MEMORY_UTILIZATION, "parallel_layout": layout_name(base.tp, base.pp, base.dp),
         "enable_prefix_caching": True, "enable_chunked_prefill": True, "kv_cache_dtype": "auto",
     }
     for k, v in base.env.items():
@@ -518,10 +514,11 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     import dataclasses
 
+    from vtune._checks import first_error, precheck
+    from vtune._model_shape import load_model_shape
     from vtune._target import apply_engine_defaults, resolve_target
     from vtune._trial import run_trial
     from vtune._workload import load_workload
-    from vtune.study._runner import config_problem
 
     t0 = time.monotonic()
     spec = _merge_cli(load_grid_spec(args.grid, args.dim), args)
@@ -549,7 +546,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
     points = grid_points(spec.dimensions)
     configs = [apply_values(base, p) for p in points]
-    valid = [config_problem(c) is None for c in configs]
+    shape = load_model_shape(str(model_dir))
+
+    def vllm_refuses(c: ServeConfig) -> bool:  # what vLLM rejects at startup (its own config rules)
+        found = precheck(c, shape=shape, gpu=target.gpu, device=target.device)
+        return first_error([f for f in found if f.basis == "vllm"]) is not None
+
+    valid = [not vllm_refuses(c) for c in configs]
     repeat_ids = pick_repeat_points(points, valid, spec.repeat_points if spec.repeats > 1 else 0)
     todo = [(p, c, 0) for p, c in zip(points, configs, strict=True)]
     todo += [(p, c, r) for r in range(1, spec.repeats) for p, c in zip(points, configs, strict=True)
@@ -630,9 +633,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         if not stop.is_set():
             stop.set()
             if args.pack:  # engines run in worker threads: stop their process groups from here
-                from vtune.engines._vllm import _kill_live_groups
+                from vtune.engines import kill_live_groups
 
-                threading.Thread(target=_kill_live_groups, name="landscape-stop", daemon=True).start()
+                threading.Thread(target=kill_live_groups, name="landscape-stop", daemon=True).start()
         raise _Stop()
 
     signal.signal(signal.SIGTERM, on_term)

@@ -443,7 +443,7 @@ def without_prior() -> Iterator[None]:
     import vtune.study._runner as runner_mod
     import vtune.study._study as study_mod
 
-    saved = {k: getattr(runner_mod, k) for k in ("config_problem", "estimate_memory")}
+    saved = {k: getattr(runner_mod, k) for k in ("precheck", "estimate_memory")}
     saved_enqueue = study_mod.enqueue_baselines
     real_estimate = saved["estimate_memory"]
 
@@ -451,7 +451,7 @@ def without_prior() -> Iterator[None]:
         return dataclasses.replace(real_estimate(*a, **kw), fits=True, reason=None)
 
     study_mod.enqueue_baselines = lambda *a, **kw: 0  # type: ignore[assignment]
-    runner_mod.config_problem = lambda cfg: None  # type: ignore[assignment]
+    runner_mod.precheck = lambda *a, **kw: []  # type: ignore[assignment]
     runner_mod.estimate_memory = fits  # type: ignore[assignment]
     try:
         yield

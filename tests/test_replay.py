@@ -202,9 +202,10 @@ def test_failed_point_costs_a_launch_without_pruning_and_none_for_vtune(table: r
     assert vt.events[0].pid == "VLLM_CPU_KVCACHE_SPACE=2&max_num_seqs=16&max_num_batched_tokens=64"  # vLLM defaults
     assert any(e.snapped for e in vt.events[:3])  # the size preset (512 seqs, 8192 tokens) snapped to the grid
     assert not any(e.snapped for e in bare.events)  # no baselines
+    import vtune._checks as checks
     import vtune.study._runner as study_mod
 
-    assert study_mod.config_problem(ServeConfig(max_num_seqs=16, max_num_batched_tokens=8))  # restored
+    assert study_mod.precheck is checks.precheck  # restored
 
 
 def test_memory_model_prune_costs_vtune_no_launch(tmp_path: Path) -> None:

@@ -117,7 +117,9 @@ def _memory_guess(settings: StudySettings, shape: ModelShape, base: ServeConfig)
     space, target = settings.space, settings.target
     layout_dim = space.get("parallel_layout")
     layouts = (layout_dim.choices or []) if layout_dim and layout_dim.active else [None]
-    tokens = 8192 if target.device == "gpu" else 2048
+    from vtune import _vllm_defaults as vd
+
+    tokens = vd.serve_batch_defaults(target.device, target.gpu)[0] if target.device == "gpu" else 2048
     per_req = max(1, settings.workload.max_model_len_hint)
     streams = settings.workload.load.streams
     seqs_dim = space.get("max_num_seqs")
@@ -128,7 +130,7 @@ def _memory_guess(settings: StudySettings, shape: ModelShape, base: ServeConfig)
         if layout:
             values["parallel_layout"] = layout
         if target.device == "gpu":
-            values["gpu_memory_utilization"] = 0.92
+            values["gpu_memory_utilization"] = vd.GPU_MEMORY_UTILIZATION
         cfg = apply_values(base, values)
         est = estimate_memory(shape, cfg, target.gpu, device=target.device, num_gpus=target.num_gpus or None)
         if not est.fits:
@@ -150,12 +152,14 @@ def vllm_default_values(settings: StudySettings, shape: ModelShape, cfg: ServeCo
     Only what vtune knows (vLLM 0.26-0.32 ``vllm serve``); a dimension missing here has no
     known default. ``parallel_layout`` is never unset (TP = PP = DP = 1 by default).
     """
-    # TODO(defaults): take these from vtune/_vllm_defaults.py (vLLM's defaults, being written) once it
-    # lands; until then the values vtune already uses: the memory model's resolution of the batch
-    # limits and the memory fraction (vtune._memory._resolve), and vLLM 0.32's switches.
+    # From vtune._vllm_defaults (each value with the vLLM release and source it holds for); the
+    # batch limits and memory fraction as the memory model resolves them from the same module.
+    from vtune import _vllm_defaults as vd
+
     gpu = settings.target.device == "gpu"
-    out: dict[str, Any] = {"kv_cache_dtype": "auto", "enable_prefix_caching": True, "enable_chunked_prefill": True,
-                           "enforce_eager": False, "async_scheduling": gpu and cfg.pp == 1}
+    out: dict[str, Any] = {"kv_cache_dtype": "auto", "enable_prefix_caching": vd.ENABLE_PREFIX_CACHING,
+                           "enable_chunked_prefill": vd.ENABLE_CHUNKED_PREFILL, "enforce_eager": False,
+                           "async_scheduling": gpu and vd.ASYNC_SCHEDULING_GPU and cfg.pp == 1}
     try:
         est = estimate_memory(shape, cfg, settings.target.gpu, device=settings.target.device,
                               num_gpus=settings.target.num_gpus or None)
@@ -166,7 +170,8 @@ def vllm_default_values(settings: StudySettings, shape: ModelShape, cfg: ServeCo
         if gpu:
             out["gpu_memory_utilization"] = est.gpu_memory_utilization
             if not cfg.enforce_eager:
-                out["max_cudagraph_capture_size"] = min(2 * est.max_num_seqs, 512, est.max_num_batched_tokens)
+                out["max_cudagraph_capture_size"] = vd.default_max_cudagraph_capture_size(
+                    est.max_num_seqs, est.max_num_batched_tokens, gpu=settings.target.gpu)
     dtype = (shape.dtype or "").lower()
     if dtype:
         # vLLM's _resolve_auto_dtype: a float32 checkpoint runs in the platform's first dtype

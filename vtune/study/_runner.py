@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import optuna
 from optuna.trial import TrialState
 
+from vtune._checks import first_error, precheck
 from vtune._errors import VtuneError
 from vtune._memory import Calibration, estimate_memory
 from vtune._model_shape import ModelShape
@@ -34,13 +35,10 @@ from vtune.study._signals import StopSignals
 from vtune.study._storage import _worker_id
 
 __all__ = [
-    "GPU_MEMORY_TOLERANCE_MIB", "GPU_MEMORY_WAIT_S", "GpuMemoryNotBack", "REUSE_AFTER", "STRICT_SEQS_FACTOR",
-    "TrialFailed", "config_problem", "count_done", "count_started", "elapsed_s",
+    "GPU_MEMORY_TOLERANCE_MIB", "GPU_MEMORY_WAIT_S", "GpuMemoryNotBack", "REUSE_AFTER",
+    "TrialFailed", "count_done", "count_started", "elapsed_s",
 ]
 
-
-#: max-num-seqs above this multiple of the predicted KV concurrency is pruned with --strict-memory.
-STRICT_SEQS_FACTOR = 2.0
 
 class TrialFailed(Exception):
     """A trial whose engine or load failed (recorded as FAIL, the study goes on)."""
@@ -56,18 +54,6 @@ GPU_MEMORY_WAIT_S = 120.0
 
 #: Used memory above the level before the engine started that still counts as back.
 GPU_MEMORY_TOLERANCE_MIB = 256
-
-def config_problem(cfg: ServeConfig) -> str | None:
-    """A combination vLLM rejects at startup, found without launching."""
-    if cfg.max_num_batched_tokens is not None and cfg.max_num_seqs is not None:
-        if cfg.max_num_batched_tokens < cfg.max_num_seqs:
-            return (f"max-num-batched-tokens {cfg.max_num_batched_tokens} < max-num-seqs {cfg.max_num_seqs} "
-                    "(vLLM requires batched tokens >= seqs)")
-    if (cfg.enable_chunked_prefill is False and cfg.max_num_batched_tokens is not None
-            and cfg.max_model_len is not None and cfg.max_num_batched_tokens < cfg.max_model_len):
-        return (f"without chunked prefill max-num-batched-tokens {cfg.max_num_batched_tokens} must be >= "
-                f"max-model-len {cfg.max_model_len}")
-    return None
 
 class _Progress:
     """One live line per trial and a study-level bar, on stderr."""
@@ -242,12 +228,6 @@ class _Runner:
             self.progress.line(done + 1, trial.number, what, "reused: this configuration was measured "
                                f"{len(trial.user_attrs['reused_from'])} times already", 0)
             return reused
-        problem = config_problem(cfg)
-        if problem:
-            trial.set_user_attr("pruned_by", "invalid_config")
-            trial.set_user_attr("reason", problem)
-            self.progress.line(done, trial.number, what, f"pruned ({problem})", 0)
-            raise optuna.TrialPruned(problem)
         too_big = self.resource_problem(cfg)
         if too_big:
             trial.set_user_attr("pruned_by", "resources")
@@ -258,15 +238,17 @@ class _Runner:
         est = estimate_memory(self.shape, cfg, s.target.gpu, device=s.target.device, calibration=cal,
                               num_gpus=s.target.num_gpus or None)
         trial.set_user_attr("prediction", est.to_dict())
-        reason = est.reason if not est.fits else None
-        if reason is None and s.strict_memory and est.max_num_seqs > STRICT_SEQS_FACTOR * est.max_concurrency:
-            reason = (f"max-num-seqs {est.max_num_seqs} is more than {STRICT_SEQS_FACTOR:g}x the "
-                      f"{est.max_concurrency:.2f} requests the KV cache holds (--strict-memory)")
-        if reason:
-            trial.set_user_attr("pruned_by", "memory_model")
-            trial.set_user_attr("reason", reason)
-            self.progress.line(done, trial.number, what, f"pruned before launch ({reason})", 0)
-            raise optuna.TrialPruned(reason)
+        # The pre-launch checks shared with `vtune validate` (vLLM's own config rules, the memory model).
+        problem = first_error(precheck(cfg, shape=self.shape, gpu=s.target.gpu, device=s.target.device,
+                                       num_gpus=s.target.num_gpus or None, estimate=est, calibration=cal,
+                                       workload_max_len=s.workload.max_model_len_hint,
+                                       strict_memory=s.strict_memory))
+        if problem is not None:
+            trial.set_user_attr("pruned_by", "memory_model" if problem.basis == "memory" else "invalid_config")
+            trial.set_user_attr("reason_code", problem.code)
+            trial.set_user_attr("reason", problem.message)
+            self.progress.line(done, trial.number, what, f"pruned before launch ({problem.message})", 0)
+            raise optuna.TrialPruned(problem.message)
 
         run_dir = s.study_dir / "trials" / str(trial.number)
         single = len(s.objectives) == 1
