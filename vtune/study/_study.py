@@ -293,7 +293,7 @@ def check_fixed_flags(settings: StudySettings) -> None:
 
 @functools.lru_cache(maxsize=32)
 def _vllm_rejects(argv: tuple[str, ...]) -> str | None:
-    from vtune._validate import check_flags_with_vllm
+    from vtune._checks import check_flags_with_vllm
 
     return check_flags_with_vllm(list(argv))
 
