@@ -1,5 +1,9 @@
 """The analytical memory model: what vLLM will compute at startup, term by term.
 
+(One module of about 900 lines: every term feeds the next one — weights, activation peak,
+non-torch and CUDA-graph memory, then the KV budget and its blocks — and a rule that changes
+in vLLM changes several terms at once, so they are read and tested together.)
+
 It mirrors the V1 GPU worker (``vllm/v1/worker/gpu_worker.py``
 ``determine_available_memory``) and the KV cache sizing of
 ``vllm/v1/core/kv_cache_utils.py``:

@@ -1,5 +1,9 @@
 """Workloads: what load a tuning run drives through the server, and what counts as good.
 
+(One module of about 600 lines: the file model, its field descriptions and the dataclasses
+the rest of vtune uses are one schema; most of the lines are the field-by-field
+documentation of that schema.)
+
 A workload is a YAML file (``schema_version: 1``) with these fields:
 
 ``name`` / ``description``
