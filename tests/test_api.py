@@ -23,6 +23,7 @@ HOME = {
     "ServeConfig": "vtune._serve_config",
     "StudySettings": "vtune.study",
     "StudySummary": "vtune.study",
+    "build_settings": "vtune.study",
     "Target": "vtune._target",
     "TrialRecord": "vtune._trial",
     "TrialResult": "vtune.loads",

@@ -12,13 +12,19 @@ The public API, re-exported here (modules starting with ``_`` are private):
   :class:`Objective`, :func:`parse_objectives`;
 * one trial: :func:`run_trial`, :class:`TrialRecord`, :class:`TrialResult`,
   :class:`VllmServer`;
-* the study: :class:`StudySettings`, :func:`run_study`, :func:`run_worker`,
-  :class:`StudySummary`;
+* the study: :func:`build_settings`, :class:`StudySettings`, :func:`run_study`,
+  :func:`run_worker`, :class:`StudySummary`;
 * errors: :class:`VtuneError`.
 
 A study from Python::
 
     import vtune
+
+    settings = vtune.build_settings(model="/models/Llama-3.1-8B", workload="chatbot",
+                                    fixed_flags=["--max-model-len", "4096"])
+    summary = vtune.run_study(settings, n_trials=10)
+
+or, piece by piece::
 
     target = vtune.resolve_target()                      # the GPUs here, else the CPU engine
     model = vtune.resolve_model("/models/Llama-3.1-8B", target)   # None: the built-in model (CPU)
@@ -52,7 +58,7 @@ if TYPE_CHECKING:
     from vtune._workload import Workload, load_workload
     from vtune.engines import VllmServer
     from vtune.loads import TrialResult
-    from vtune.study import StudySettings, StudySummary, run_study, run_worker
+    from vtune.study import StudySettings, StudySummary, build_settings, run_study, run_worker
 
 __all__ = [
     "Calibration",
@@ -69,6 +75,7 @@ __all__ = [
     "VtuneError",
     "Workload",
     "apply_engine_defaults",
+    "build_settings",
     "default_space",
     "estimate_memory",
     "load_model_shape",
@@ -110,6 +117,7 @@ _LAZY = {
     "TrialResult": "vtune.loads",
     "StudySettings": "vtune.study",
     "StudySummary": "vtune.study",
+    "build_settings": "vtune.study",
     "run_study": "vtune.study",
     "run_worker": "vtune.study",
 }
