@@ -30,7 +30,9 @@ def engines(parent: int) -> dict[int, set[int]]:
     for p in children:
         try:
             cmd = " ".join(p.cmdline())
-            if "vtune.engines._launcher" in cmd and " serve " in cmd:
+            # The engine's leader, not the watchdog it forks (same command line, the leader its parent).
+            leader = "vtune.engines._launcher" not in " ".join(p.parent().cmdline())
+            if "vtune.engines._launcher" in cmd and " serve " in cmd and leader:
                 out[p.pid] = set(p.cpu_affinity())
         except psutil.Error:
             continue

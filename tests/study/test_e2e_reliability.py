@@ -105,7 +105,9 @@ def engines_of(pids: list[int]) -> list[int]:
             try:
                 cmd = " ".join(p.cmdline())
                 if "vtune.engines._launcher" in cmd and " serve " in cmd and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(p.pid)
+                    # The engine's leader, not the watchdog it forks (same command line, the leader its parent).
+                    if "vtune.engines._launcher" not in " ".join(p.parent().cmdline()):
+                        out.append(p.pid)
             except psutil.Error:
                 continue
     return out

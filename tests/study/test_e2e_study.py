@@ -84,7 +84,9 @@ def test_e2e_study_four_trials_with_one_pruned_before_launch(workdir):
     assert states.count("COMPLETE") >= 2
     pruned = [n for n, s in rows if s == "PRUNED"]
     assert pruned, rows
-    assert attr(workdir, pruned[0], "pruned_by") == "memory_model"
+    # vLLM's own ModelConfig rule (the shared pre-launch checks), found without a launch.
+    assert attr(workdir, pruned[0], "pruned_by") == "invalid_config"
+    assert attr(workdir, pruned[0], "reason_code") == "max_model_len_above_model"
     assert attr(workdir, pruned[0], "run_dir") is None  # zero engine launches for it
     assert "max_position_embeddings" in attr(workdir, pruned[0], "reason")
     assert attr(workdir, 0, "baseline") == "memory-model-guess"  # vtune's expected best goes first
