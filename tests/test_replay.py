@@ -108,7 +108,7 @@ def test_replay_is_deterministic_for_a_seed(table: replay.Table, strategy: str) 
 def test_noise_draws_recorded_repeats(tmp_path: Path) -> None:
     pid = "VLLM_CPU_KVCACHE_SPACE=1&max_num_seqs=4&max_num_batched_tokens=8"
     t = replay.load_table(write_table(tmp_path, DIMS, repeats={pid: [2.0, 3.0, 4.0]}))
-    assert t.mean_goodput(pid) == 3.0
+    assert t.mean_value(pid) == 3.0
     assert t.noise_sigma() == pytest.approx(math.sqrt(sum((math.log(v) - sum(map(math.log, [2, 3, 4])) / 3) ** 2
                                                           for v in (2, 3, 4)) / 2))
     lookup = replay.Lookup(t, replay.random.Random(0))
