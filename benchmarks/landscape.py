@@ -705,14 +705,13 @@ def capacity_trial(cfg: ServeConfig, workload: Any, run_dir: Path, settings: Cap
             return True if on_probe is None else bool(on_probe(probe))
 
         try:
-            search = prepared
-            prepared = None  # run_capacity_search closes the child
             cap = run_capacity_search(
                 server.url, server.served_model_name or cfg.served_model_name or cfg.model, tok_dir, workload,
                 run_dir / "capacity", start_streams=settings.start_streams, max_streams=settings.max_streams,
                 probe_s=settings.probe_s, warmup_s=settings.warmup_s, tolerance=settings.tolerance,
                 max_probes=settings.max_probes, attainment_target=settings.attainment_target, on_probe=check,
-                prepared=search)
+                prepared=prepared)
+            prepared = None  # the search closed its child (on an exception it is ended below, again if need be)
         except EngineFailure as exc:
             record.failure = exc.failure
             return record

@@ -37,17 +37,33 @@ value vLLM uses (the header's ``defaults``), a value between grid values snaps t
 the nearest one (log scale), flags that are not grid dimensions are ignored. Every
 snap is counted in the output.
 
+**Objective.** What is scored is the table's own value (``--objective`` picks another):
+``goodput`` (requests/s meeting the SLOs at the workload's fixed load, ``goodput_rps``)
+for a table measured at a fixed load; ``capacity`` (requests/s at the highest load that
+met the SLOs, ``capacity_rps``) for a table of capacity searches (``landscape.py
+--objective capacity``), or ``capacity_per_gpu`` (that divided by the GPUs the layout
+uses). On a capacity table the lookup answers with the recorded search: the record's
+``capacity`` is the row's :class:`~vtune.loads._capacity.CapacityResult` with every
+probe and its ``result`` the probe at capacity, as a capacity trial returns them; a probe
+callback (``on_probe=``, or the ``on_probe`` of ``capacity=`` options) sees the recorded
+probes in order and can stop the search there (``stopped_early``, the pruner's cut). The
+recorded probe sequence is replayed as it was measured (the study's own start level is
+not re-simulated), and a launch costs its engine start plus the probes' wall seconds.
+The vtune strategies need the study's ``capacity`` objective; without it they are skipped
+with a note.
+
 Noise is real: a point measured several times answers with one of its recorded
 repeats, drawn at random; a point measured once answers with its value times a
 log-normal factor whose spread is the table's own (the pooled standard deviation
-of log goodput over the repeated points).
+of the log value over the repeated points; on a capacity table the factor scales every
+probe's rates, streams and latencies are kept).
 
 Scores (each strategy, each seed; median and interquartile range across seeds):
 
 * launches until the configuration the strategy would pick (its best *observed*
-  goodput so far) is within 5% of the table's best, judged by the table's mean
+  value so far) is within 5% of the table's best, judged by the table's mean
   values (pruned-before-launch trials cost nothing);
-* the picked configuration's mean goodput, as % of the table's best, after 25% of
+* the picked configuration's mean value, as % of the table's best, after 25% of
   the grid's size in launches;
 * launches wasted on configurations that could not start (until the 5% target,
   or in the whole budget if never reached).
@@ -56,6 +72,7 @@ Usage::
 
     python benchmarks/replay.py benchmarks/results/landscape-cpu.csv --seeds 20 \
         --out benchmarks/results/replay-cpu
+    python benchmarks/replay.py tests/data/capacity/landscape-capacity.csv --objective capacity_per_gpu
 """
 
 from __future__ import annotations
@@ -727,12 +744,12 @@ class RunScore:
         launches_to_target: Launches until the picked configuration is within the target (None: never).
         launches_to_any_target: Launches until any launched configuration is within the target, picked
             or not (an oracle's view, blind to noise; None: never).
-        best_at_early_pct: The picked configuration's mean goodput as % of the table's best after the
+        best_at_early_pct: The picked configuration's mean value as % of the table's best after the
             early launch budget (0: nothing measured by then).
         failed_launches: Launches of configurations that could not start, until the target (or in all).
         device_s_to_target: Engine seconds until the target (or in all).
         launches: Launches in all.
-        final_pct: The picked configuration's mean goodput as % of the table's best at the end.
+        final_pct: The picked configuration's mean value as % of the table's best at the end.
         snapped: Lookups that had to snap a dimension to the grid.
         picked: The configuration picked at the end.
     """

@@ -289,3 +289,49 @@ def test_e2e_capacity_trial_on_the_cpu_engine(tmp_path: Path) -> None:
     assert (tmp_path / "t" / "capacity" / "capacity_result.json").is_file()
     row = landscape.record_row({"max_num_seqs": 4}, 0, rec)
     assert row["capacity_streams"] == str(cap.capacity_streams) and row["probes"] == str(len(cap.probes))
+
+
+def test_bench_capacity_splits_the_trial_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """bench_capacity.py: the time split of each capacity trial, a few lines, one JSON file (fake trials)."""
+    from benchmarks import bench_capacity
+
+    model = _synthetic()
+    seen: list[tuple[str, Any, Any]] = []
+
+    def fake(cfg: Any, workload: Any, run_dir: Path, settings: Any, *, gpus: Any = None, **kw: Any) -> TrialRecord:
+        seen.append((cfg.to_flags_line(), gpus, settings))
+        cap = model.search_point({"parallel_layout": "tp1-pp1-dp1", "max_num_seqs": cfg.max_num_seqs or 16})
+        rec = TrialRecord(config=cfg.to_dict(), flags_line=cfg.to_flags_line(), status="ok", engine_start_s=50.0,
+                          load_s=cap.wall_s, teardown_s=2.0, total_s=50.0 + cap.wall_s + 2.0 + 1.5)
+        return landscape.attach_capacity(rec, cap)
+
+    monkeypatch.setattr(landscape, "capacity_trial", fake)
+    out = tmp_path / "out"
+    assert bench_capacity.main(["--out", str(out), "--runs-dir", str(tmp_path / "runs"), "--probe-s", "10"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) <= 7 and printed[-1] == f"wrote {out / 'bench_capacity.json'}"
+    data = json.loads((out / "bench_capacity.json").read_text())
+    assert [t["flags"].split("--max-num-seqs ")[1].split()[0] for t in data["trials"]] == ["2", "32"]
+    assert all("VLLM_CPU_KVCACHE_SPACE=1" in t["flags"] and "--enforce-eager" in t["flags"] for t in data["trials"])
+    first = data["trials"][0]  # the synthetic search: 10 s windows after 2 s warmups, 2.5 s overhead each
+    n = len(model.search_point({"parallel_layout": "tp1-pp1-dp1", "max_num_seqs": 2}).probes)
+    assert first["probes"] == len(first["probe_list"]) == n and first["probe_trace"].startswith("32- 16-")
+    assert first["measured_s"] == 10.0 * n and first["warmup_s"] == 2.0 * n
+    assert first["probe_overhead_s"] == pytest.approx(n * 2.5) and first["search_overhead_s"] == pytest.approx(1.0)
+    assert first["search_per_engine_start"] == pytest.approx(first["search_s"] / 50.0)
+    assert first["other_s"] == pytest.approx(1.5) and first["fixed_load_s"] == 33.0  # chatbot: 3 s + 30 s
+    assert data["summary"]["searched"] == 2 and data["summary"]["probe_overhead_per_probe_s"] == pytest.approx(2.5)
+    assert seen[0][1] is None and seen[0][2].probe_s == 10.0  # the CPU engine: no GPUs
+    # on GPUs: a configuration is required, and gets its GPUs
+    import vtune._target
+
+    monkeypatch.setattr(vtune._target, "resolve_target", lambda spec=None, **kw: TWO_H200)
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    assert bench_capacity.main(["--model", str(model_dir), "--out", str(out)]) == 2
+    assert "--config" in capsys.readouterr().err
+    assert bench_capacity.main(["--model", str(model_dir), "--out", str(out), "--runs-dir", str(tmp_path / "runs"),
+                                "--config", "-tp 2 --max-num-seqs 64"]) == 0
+    assert seen[-1][1] == [0, 1] and "--max-num-seqs 64" in seen[-1][0]
