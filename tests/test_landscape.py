@@ -1,4 +1,5 @@
-"""landscape.py's study import, point filters and packing (fake trials: no engine is started)."""
+"""landscape.py: study import, point filters, packing, capacity tables and bench_capacity.py (fake trials), and one
+real capacity trial on the CPU engine (e2e)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from benchmarks import landscape
+from tests.test_report import synthetic
 from vtune._errors import VtuneError
 from vtune._memory import Gpu
 from vtune._serve_config import parse_serve_args
@@ -125,17 +127,6 @@ def test_pack_measures_small_points_at_once_on_disjoint_gpus(tmp_path: Path, mon
 
 
 # ----------------------------------------------------------------------------- capacity landscapes
-def _synthetic() -> Any:
-    import importlib.util
-
-    path = ROOT / "tests" / "data" / "capacity" / "make_landscape.py"
-    spec = importlib.util.spec_from_file_location("make_capacity_landscape", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_grid_asks_for_the_capacity_objective(tmp_path: Path) -> None:
     grid = tmp_path / "g.yaml"
     grid.write_text("schema_version: 1\nobjective: capacity\ncapacity: {tolerance: 0.25, probe_s: 6, max_probes: 5}\n"
@@ -158,7 +149,7 @@ def test_grid_asks_for_the_capacity_objective(tmp_path: Path) -> None:
 
 
 def test_capacity_row_keeps_every_probe(tmp_path: Path) -> None:
-    model = _synthetic()
+    model = synthetic()
     point = {"parallel_layout": "tp1-pp1-dp2", "max_num_seqs": 64}
     cap = model.search_point(point)
     rec = TrialRecord(config={"data_parallel_size": 2, "max_num_seqs": 64}, flags_line="vllm serve m -dp 2",
@@ -189,7 +180,7 @@ def test_capacity_row_keeps_every_probe(tmp_path: Path) -> None:
 
 def test_capacity_landscape_measures_each_point_by_the_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--objective capacity``: every point goes through the capacity trial with the table's settings."""
-    model = _synthetic()
+    model = synthetic()
     calls: list[tuple[str, Any]] = []
 
     def fake_capacity_trial(cfg: Any, workload: Any, run_dir: Path, settings: Any, **kw: Any) -> TrialRecord:
@@ -234,7 +225,7 @@ def test_capacity_landscape_measures_each_point_by_the_search(tmp_path: Path, mo
 def test_capacity_trials_of_a_study_are_imported(tmp_path: Path) -> None:
     import optuna
 
-    model = _synthetic()
+    model = synthetic()
     spec = landscape.GridSpec(dimensions={"max_num_seqs": [16, 64]}, objective="capacity")
     workload = load_workload("chatbot")
     base = parse_serve_args(["--enforce-eager"])
@@ -296,7 +287,7 @@ def test_bench_capacity_splits_the_trial_time(tmp_path: Path, monkeypatch: pytes
     """bench_capacity.py: the time split of each capacity trial, a few lines, one JSON file (fake trials)."""
     from benchmarks import bench_capacity
 
-    model = _synthetic()
+    model = synthetic()
     seen: list[tuple[str, Any, Any]] = []
 
     def fake(cfg: Any, workload: Any, run_dir: Path, settings: Any, *, gpus: Any = None, **kw: Any) -> TrialRecord:

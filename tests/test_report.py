@@ -1,4 +1,5 @@
-"""The report of the real 2 x H200 study kept in the repo (no engine is started)."""
+"""The report of the real 2 x H200 study kept in the repo, and of capacity studies made from synthetic capacity
+results (tests/data/capacity/make_landscape.py); no engine is started."""
 
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def test_report_of_a_study_with_an_off_space_baseline(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- capacity studies
+import dataclasses  # noqa: E402
 import importlib.util  # noqa: E402
 import math  # noqa: E402
 from typing import Any  # noqa: E402
@@ -77,9 +79,13 @@ def synthetic() -> Any:
     return module
 
 
-@pytest.fixture
-def capacity_objectives(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``capacity`` and ``capacity_per_gpu`` as study objectives, until the study's own are in this checkout."""
+def capacity_objective_shim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``capacity`` and ``capacity_per_gpu`` as study objectives, until the study's own are in this checkout.
+
+    A stand-in of the data contract: ``capacity`` is maximized and its value is the requests/s
+    of the trial's result (a capacity trial's result is its probe at capacity). Does nothing once
+    vtune's own ``capacity`` objective parses.
+    """
     from vtune import _objectives
 
     try:
@@ -89,12 +95,25 @@ def capacity_objectives(monkeypatch: pytest.MonkeyPatch) -> None:
         pass
     real = _objectives.parse_objectives
 
+    @dataclasses.dataclass(frozen=True)
+    class Capacity(_objectives.Objective):
+        def value(self, result: Any) -> float:
+            if self.name != "capacity":
+                raise NotImplementedError("the stand-in has no per-GPU value: it needs the layout")
+            return float(result.requests_per_second)
+
     def parse(text: str | None) -> list[_objectives.Objective]:
         if text in ("capacity", "capacity_per_gpu"):
-            return [_objectives.Objective(text, "maximize", "req/s" if text == "capacity" else "req/s per GPU")]
+            return [Capacity(text, "maximize", "req/s" if text == "capacity" else "req/s per GPU")]
         return real(text)
 
     monkeypatch.setattr(_objectives, "parse_objectives", parse)
+
+
+@pytest.fixture
+def capacity_objectives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """:func:`capacity_objective_shim` for one test."""
+    capacity_objective_shim(monkeypatch)
 
 
 #: (baseline, layout, max-num-seqs, speed, state) of the fake capacity study's trials, in trial order.

@@ -445,19 +445,16 @@ def _capacity_curves(confs: list[CapacityConfiguration], slo: Any, out: Path, be
                     + f", {conf.num_gpus} GPU{'s' if conf.num_gpus != 1 else ''}"
                     + (f", {len(conf.results)} measurements" if len(conf.results) > 1 else ""))
             for j, res in enumerate(conf.results):
-                pts = sorted((p.streams, p.requests_per_second, _probe_latency(p, attr, slo_name, slo), p.slo_met)
-                             for p in res.probes)
-                pts = [q for q in pts if q[2] is not None]
+                pts = [(p.requests_per_second, y, p.slo_met) for p in sorted(res.probes, key=lambda q: q.streams)
+                       if (y := _probe_latency(p, attr, slo_name, slo)) is not None]
                 if not pts:
                     continue
-                xs, ys = [q[1] for q in pts], [float(q[2]) for q in pts]  # type: ignore[arg-type]
-                ys_all += ys
-                ax.plot(xs, ys, styles[j % len(styles)], color=color, lw=1.4, label=name if j == 0 else None)
-                ax.scatter([x for x, q in zip(xs, pts, strict=True) if q[3]],
-                           [y for y, q in zip(ys, pts, strict=True) if q[3]], color=color, marker="o", s=22, zorder=3)
-                ax.scatter([x for x, q in zip(xs, pts, strict=True) if not q[3]],
-                           [y for y, q in zip(ys, pts, strict=True) if not q[3]], color=color, marker="x", s=30,
-                           zorder=3)
+                ys_all += [y for _, y, _ in pts]
+                ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], styles[j % len(styles)], color=color, lw=1.4,
+                        label=name if j == 0 else None)
+                for ok, marker, size in ((True, "o", 22), (False, "x", 30)):
+                    ax.scatter([x for x, _, met in pts if met is ok], [y for _, y, met in pts if met is ok],
+                               color=color, marker=marker, s=size, zorder=3)
                 at = res.capacity_probe
                 y_at = _probe_latency(at, attr, slo_name, slo) if at is not None else None
                 if at is not None and y_at is not None:
@@ -467,7 +464,7 @@ def _capacity_curves(confs: list[CapacityConfiguration], slo: Any, out: Path, be
             ax.axhline(limit, color="red", ls="--", lw=1.2, label=f"SLO: {label} {pct} <= {limit:g} ms")
         top = max(ys_all, default=1.0)
         if limit is not None:
-            top = min(top, 4 * limit) if top > 4 * limit else max(top, limit)
+            top = min(max(top, limit), 4 * limit)  # the SLO line always shows; far-off probes are clipped
             clipped = sum(y > top * 1.08 for y in ys_all)
             if clipped:
                 ax.text(0.99, 0.98, f"{clipped} probe(s) above the top edge", transform=ax.transAxes, ha="right",
