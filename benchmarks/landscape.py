@@ -55,6 +55,10 @@ same conditions (model, flags, load) whose configuration is a grid point, as
 measurements of that point (column ``source``): repeats at no launch.
 
 Runs from a checkout with ``PYTHONPATH`` too (no install needed; no dependency beyond vtune's).
+
+(One script of about 1,300 lines: the grid spec, the row layout, the measurement loop, the
+capacity trial and the study import change together, since ``replay.py`` and the tests read
+every row back by the same column names.)
 """
 
 from __future__ import annotations

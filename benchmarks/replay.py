@@ -73,6 +73,9 @@ Usage::
     python benchmarks/replay.py benchmarks/results/landscape-cpu.csv --seeds 20 \
         --out benchmarks/results/replay-cpu
     python benchmarks/replay.py tests/data/capacity/landscape-capacity.csv --objective capacity_per_gpu
+
+(One script of about 1,000 lines: the table, the lookup, the strategies and the scores share
+one reading of a row, and a replay result is read as a whole.)
 """
 
 from __future__ import annotations
@@ -465,10 +468,11 @@ class Lookup:
         rec.status = "ok" if stopped is None else "stopped_early"
         rec.load_s = sum(q.wall_s or (q.seconds + cap.warmup_s) for q in cap.probes)
         if stopped is None:
-            value = float(cap.requests_per_second)
-            if self.table.objective == "capacity_per_gpu":
-                value /= max(1, int(row.get("num_gpus") or 1))
-            event.observed = value
+            if self.table.objective == "goodput":  # the goodput at capacity
+                event.observed = rec.result.goodput_requests_per_second if rec.result is not None else 0.0
+            else:
+                per = max(1, int(row.get("num_gpus") or 1)) if self.table.objective == "capacity_per_gpu" else 1
+                event.observed = float(cap.requests_per_second) / per
         rec.total_s = event.device_s = (rec.engine_start_s or 0.0) + rec.load_s
         return rec
 

@@ -435,3 +435,28 @@ def test_vtune_replays_capacity_through_its_study_code(cap_table: replay.Table,
             assert min(cap_table.values(e.pid)) * 0.8 < e.observed < max(cap_table.values(e.pid)) * 1.25
     s = replay.score(run.events, cap_table.mean_value, cap_table.best[1], 3, 0.9)
     assert s.launches == 8 and s.final_pct > 50
+
+
+def test_goodput_replay_of_a_capacity_table_sees_the_goodput_at_capacity(tmp_path: Path) -> None:
+    """Scoring goodput on a capacity table: the goodput of the probe at capacity, not its request rate."""
+    import shutil
+
+    rows = landscape.read_rows(CAPACITY_TABLE)
+    for row in rows:  # half of the requests at capacity missed an objective (attainment 0.5)
+        data = json.loads(row["capacity"]) if row["capacity"] else None
+        if data:
+            data["goodput_requests_per_second"] = data["requests_per_second"] / 2
+            for probe in data["probes"]:
+                probe["goodput_requests_per_second"] = probe["requests_per_second"] / 2
+            row["capacity"] = json.dumps(data)
+            row["goodput_rps"] = str(float(row["capacity_rps"]) / 2)
+    path = tmp_path / "half.csv"
+    for row in rows:
+        landscape.append_row(path, list(rows[0]), row)
+    shutil.copy(CAPACITY_TABLE.with_suffix(".json"), path.with_suffix(".json"))
+    good = replay.load_table(path, "goodput")
+    lookup = replay.Lookup(good, replay.random.Random(0))
+    rec = lookup.measure(DP2_64)
+    cap = landscape.record_capacity(rec)
+    assert lookup.events[-1].observed == pytest.approx(cap.requests_per_second / 2)
+    assert good.mean_value(DP2_64) == pytest.approx((29.5385 + 27.9218) / 4)

@@ -3,9 +3,16 @@ results (tests/data/capacity/make_landscape.py); no engine is started."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import math
 import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from vtune._errors import VtuneError
 from vtune._report import write_report
 
 GPU_STUDY = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-study-2xh200" / "study.db"
@@ -58,14 +65,6 @@ def test_report_of_a_study_with_an_off_space_baseline(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- capacity studies
-import dataclasses  # noqa: E402
-import importlib.util  # noqa: E402
-import math  # noqa: E402
-from typing import Any  # noqa: E402
-
-import pytest  # noqa: E402
-
-from vtune._errors import VtuneError  # noqa: E402
 
 MAKE_LANDSCAPE = Path(__file__).resolve().parent / "data" / "capacity" / "make_landscape.py"
 
@@ -232,8 +231,6 @@ def test_target_rate_gives_the_fewest_gpus(tmp_path: Path, capacity_objectives: 
     assert rows["vllm-defaults"][col] == "7 (7 x 1)"    # 16.30 req/s on 1 GPU: the fewest GPUs
     assert rows["memory-model-guess"][col] == "8 (4 x 2)" and rows["trial 3"][col] == "12 (6 x 2)"
     assert rows["trial 6"][col] == "10 (10 x 1)"
-    flags = {t[1:3]: None for t in TRIALS}
-    del flags
     import optuna
 
     study = optuna.load_study(study_name="cap", storage=url)
