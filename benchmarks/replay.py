@@ -37,17 +37,33 @@ value vLLM uses (the header's ``defaults``), a value between grid values snaps t
 the nearest one (log scale), flags that are not grid dimensions are ignored. Every
 snap is counted in the output.
 
+**Objective.** What is scored is the table's own value (``--objective`` picks another):
+``goodput`` (requests/s meeting the SLOs at the workload's fixed load, ``goodput_rps``)
+for a table measured at a fixed load; ``capacity`` (requests/s at the highest load that
+met the SLOs, ``capacity_rps``) for a table of capacity searches (``landscape.py
+--objective capacity``), or ``capacity_per_gpu`` (that divided by the GPUs the layout
+uses). On a capacity table the lookup answers with the recorded search: the record's
+``capacity`` is the row's :class:`~vtune.loads._capacity.CapacityResult` with every
+probe and its ``result`` the probe at capacity, as a capacity trial returns them; a probe
+callback (``on_probe=``, or the ``on_probe`` of ``capacity=`` options) sees the recorded
+probes in order and can stop the search there (``stopped_early``, the pruner's cut). The
+recorded probe sequence is replayed as it was measured (the study's own start level is
+not re-simulated), and a launch costs its engine start plus the probes' wall seconds.
+The vtune strategies need the study's ``capacity`` objective; without it they are skipped
+with a note.
+
 Noise is real: a point measured several times answers with one of its recorded
 repeats, drawn at random; a point measured once answers with its value times a
 log-normal factor whose spread is the table's own (the pooled standard deviation
-of log goodput over the repeated points).
+of the log value over the repeated points; on a capacity table the factor scales every
+probe's rates, streams and latencies are kept).
 
 Scores (each strategy, each seed; median and interquartile range across seeds):
 
 * launches until the configuration the strategy would pick (its best *observed*
-  goodput so far) is within 5% of the table's best, judged by the table's mean
+  value so far) is within 5% of the table's best, judged by the table's mean
   values (pruned-before-launch trials cost nothing);
-* the picked configuration's mean goodput, as % of the table's best, after 25% of
+* the picked configuration's mean value, as % of the table's best, after 25% of
   the grid's size in launches;
 * launches wasted on configurations that could not start (until the 5% target,
   or in the whole budget if never reached).
@@ -56,6 +72,10 @@ Usage::
 
     python benchmarks/replay.py benchmarks/results/landscape-cpu.csv --seeds 20 \
         --out benchmarks/results/replay-cpu
+    python benchmarks/replay.py tests/data/capacity/landscape-capacity.csv --objective capacity_per_gpu
+
+(One script of about 1,000 lines: the table, the lookup, the strategies and the scores share
+one reading of a row, and a replay result is read as a whole.)
 """
 
 from __future__ import annotations
@@ -80,7 +100,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the repository root holds vtune and benchmarks
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.landscape import grid_space  # noqa: E402
+from benchmarks.landscape import attach_capacity, capacity_result_of, grid_space, row_capacity  # noqa: E402
 from vtune._errors import VtuneError  # noqa: E402
 from vtune._serve_config import ServeConfig  # noqa: E402
 from vtune._space import layout_name  # noqa: E402
@@ -123,6 +143,12 @@ def point_key(values: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------- the table
+#: What a replay can score: the value of a row (see :meth:`Table.row_value`).
+OBJECTIVES = ("goodput", "capacity", "capacity_per_gpu")
+#: Unit of each objective.
+UNITS = {"goodput": "req/s", "capacity": "req/s", "capacity_per_gpu": "req/s per GPU"}
+
+
 @dataclass
 class Table:
     """A recorded landscape.
@@ -133,6 +159,9 @@ class Table:
         dims: Grid dimensions (name -> values, grid order).
         rows: Rows per point id (every repeat).
         defaults: Per dimension, the value vLLM uses when the flag is unset.
+        objective: What the replay scores (:data:`OBJECTIVES`): ``goodput`` (``goodput_rps``),
+            ``capacity`` (``capacity_rps``, a capacity table's) or ``capacity_per_gpu``
+            (``capacity_rps / num_gpus``).
     """
 
     path: Path
@@ -140,6 +169,23 @@ class Table:
     dims: dict[str, list[Any]]
     rows: dict[str, list[dict[str, str]]]
     defaults: dict[str, Any] = field(default_factory=dict)
+    objective: str = "goodput"
+
+    @property
+    def is_capacity(self) -> bool:
+        """Whether the table was measured by the capacity search (its rows carry every probe)."""
+        return self.header.get("objective") == "capacity"
+
+    def row_value(self, row: dict[str, str]) -> float | None:
+        """The objective's value of one measurement (None: it failed or measured nothing)."""
+        if row["status"] == "failed":
+            return None
+        if self.objective == "goodput":
+            return _f(row.get("goodput_rps"))
+        rps = _f(row.get("capacity_rps"))
+        if rps is None:
+            return None
+        return rps / max(1, int(row.get("num_gpus") or 1)) if self.objective == "capacity_per_gpu" else rps
 
     @property
     def points(self) -> list[dict[str, Any]]:
@@ -156,23 +202,26 @@ class Table:
         """Whether every recorded measurement of the point failed."""
         return all(r["status"] == "failed" for r in self.rows[pid])
 
-    def mean_goodput(self, pid: str) -> float:
-        """Mean goodput over the point's measurements (0 for a point that never served)."""
-        vals = [float(r["goodput_rps"]) for r in self.rows[pid] if r["status"] != "failed" and r["goodput_rps"]]
+    def values(self, pid: str) -> list[float]:
+        """The objective's value of each of the point's measurements that served."""
+        return [v for r in self.rows[pid] if (v := self.row_value(r)) is not None]
+
+    def mean_value(self, pid: str) -> float:
+        """Mean of the objective over the point's measurements (0 for a point that never served)."""
+        vals = self.values(pid)
         return sum(vals) / len(vals) if vals else 0.0
 
     @property
     def best(self) -> tuple[str, float]:
-        """The point with the highest mean goodput, and that goodput."""
-        pid = max(self.rows, key=self.mean_goodput)
-        return pid, self.mean_goodput(pid)
+        """The point with the highest mean value, and that value."""
+        pid = max(self.rows, key=self.mean_value)
+        return pid, self.mean_value(pid)
 
     def noise_sigma(self) -> float:
-        """Pooled standard deviation of log goodput within repeated points (the table's relative noise)."""
+        """Pooled standard deviation of the log value within repeated points (the table's relative noise)."""
         ss, dof = 0.0, 0
-        for rows in self.rows.values():
-            vals = [math.log(float(r["goodput_rps"])) for r in rows
-                    if r["status"] != "failed" and r["goodput_rps"] and float(r["goodput_rps"]) > 0]
+        for pid in self.rows:
+            vals = [math.log(v) for v in self.values(pid) if v > 0]
             if len(vals) > 1:
                 m = sum(vals) / len(vals)
                 ss += sum((v - m) ** 2 for v in vals)
@@ -220,11 +269,17 @@ def _config_value(cfg: ServeConfig, name: str) -> Any:
     return getattr(cfg, name, None)
 
 
-def load_table(csv_path: str | Path) -> Table:
+def load_table(csv_path: str | Path, objective: str | None = None) -> Table:
     """Reads a landscape (CSV and its JSON header).
 
+    Args:
+        csv_path: The CSV (its ``.json`` header beside it).
+        objective: What to score (:data:`OBJECTIVES`); None: the table's own (``capacity`` for a
+            capacity table, else ``goodput``).
+
     Raises:
-        VtuneError: Missing files, an unknown layout version, or points missing from the CSV.
+        VtuneError: Missing files, an unknown layout version, points missing from the CSV, or a
+            capacity objective asked of a goodput table.
     """
     path = Path(csv_path)
     header_path = path.with_suffix(".json")
@@ -239,7 +294,15 @@ def load_table(csv_path: str | Path) -> Table:
     rows: dict[str, list[dict[str, str]]] = {}
     for r in all_rows:
         rows.setdefault(r["point_id"], []).append(r)
-    table = Table(path=path, header=header, dims=dims, rows=rows, defaults=dict(header.get("defaults") or {}))
+    own = header.get("objective") or "goodput"
+    objective = objective or own
+    if objective not in OBJECTIVES:
+        raise VtuneError(f"--objective {objective}: use one of {', '.join(OBJECTIVES)}")
+    if objective.startswith("capacity") and own != "capacity":
+        raise VtuneError(f"--objective {objective}: {path.name} is a {own} table (no capacity search); record one "
+                         "with landscape.py --objective capacity, or replay it with --objective goodput")
+    table = Table(path=path, header=header, dims=dims, rows=rows, defaults=dict(header.get("defaults") or {}),
+                  objective=objective)
     missing = [p for p in table.point_ids if p not in rows]
     if missing:
         raise VtuneError(f"{path}: {len(missing)} grid point(s) not measured yet (e.g. {missing[0]}); "
@@ -255,7 +318,7 @@ class Event:
     Attributes:
         pid: The grid point.
         launched: Whether an engine was launched (False: pruned before launch).
-        observed: The goodput the strategy saw (None: failed, a probe, or stopped early).
+        observed: The value the strategy saw (None: failed, a probe, or stopped early).
         failed: The engine did not start (or died).
         device_s: Engine seconds the launch cost (start plus the load it ran).
         snapped: Dimensions snapped to the grid for this configuration.
@@ -328,8 +391,14 @@ class Lookup:
 
     def measure(self, pid: str, *, on_step: Callable[[int, TrialResult], bool] | None = None,
                 probe: bool = False, snapped: Sequence[str] = (), label: str = "",
-                cfg: ServeConfig | None = None, run_dir: str = "") -> TrialRecord:
-        """One launch of a grid point (``probe``: start only, no load)."""
+                cfg: ServeConfig | None = None, run_dir: str = "",
+                on_probe: Callable[[Any], bool] | None = None) -> TrialRecord:
+        """One launch of a grid point (``probe``: start only, no load).
+
+        On a capacity table the record carries the recorded capacity search (``capacity``, every
+        probe) and its result at capacity (``result``); ``on_probe`` sees the recorded probes in
+        order and, returning False, stops the search there (``stopped_early``, as a study's pruner).
+        """
         if self.budget is not None and self.launches >= self.budget:
             raise BudgetSpent()
         rows = self.table.rows[pid]
@@ -355,6 +424,8 @@ class Lookup:
             rec.status, rec.total_s = "ok", start_s
             event.device_s = start_s
             return rec
+        if self.table.is_capacity:
+            return self._measure_capacity(row, factor, rec, event, on_probe)
         steps = int(row.get("steps") or 0) or 1
         load_s = _f(row.get("load_s")) or 0.0
         stopped_at = None
@@ -366,7 +437,9 @@ class Lookup:
                 break
         if stopped_at is None:
             rec.result, rec.status = row_result(row, factor), "ok"
-            event.observed = rec.result.goodput_requests_per_second
+            event.observed = self.table.row_value(row)
+            if event.observed is not None:
+                event.observed *= factor
             rec.load_s = load_s
         else:
             rec.result, rec.status = rec.step_results[-1], "stopped_early"
@@ -374,10 +447,78 @@ class Lookup:
         rec.total_s = event.device_s = start_s + (rec.load_s or 0.0)
         return rec
 
+    def _measure_capacity(self, row: dict[str, str], factor: float, rec: TrialRecord, event: Event,
+                          on_probe: Callable[[Any], bool] | None) -> TrialRecord:
+        """The recorded capacity search of one measurement, its rates times ``factor``."""
+        cap = row_capacity(row)
+        if cap is None:
+            raise VtuneError(f"{self.table.path.name}: row {row['point_id']} repeat {row['repeat']} has no capacity "
+                             "result although the table is a capacity table; re-measure it")
+        cap = scale_capacity(cap, factor)
+        stopped = None
+        if on_probe is not None:
+            for i, probe in enumerate(cap.probes):
+                if not on_probe(probe) and i < len(cap.probes) - 1:
+                    stopped = i
+                    break
+        if stopped is not None:
+            cap = truncate_capacity(cap, stopped + 1)
+        attach_capacity(rec, cap)
+        rec.result = capacity_result_of(cap)
+        rec.status = "ok" if stopped is None else "stopped_early"
+        rec.load_s = sum(q.wall_s or (q.seconds + cap.warmup_s) for q in cap.probes)
+        if stopped is None:
+            if self.table.objective == "goodput":  # the goodput at capacity
+                event.observed = rec.result.goodput_requests_per_second if rec.result is not None else 0.0
+            else:
+                per = max(1, int(row.get("num_gpus") or 1)) if self.table.objective == "capacity_per_gpu" else 1
+                event.observed = float(cap.requests_per_second) / per
+        rec.total_s = event.device_s = (rec.engine_start_s or 0.0) + rec.load_s
+        return rec
+
     def __call__(self, cfg: ServeConfig, workload: Any, run_dir: Path, **kw: Any) -> TrialRecord:
-        """The ``trial_fn`` of :func:`vtune.study._study.run_study`."""
+        """The ``trial_fn`` of :func:`vtune.study._study.run_study`.
+
+        On a capacity table a probe callback is taken from ``on_probe=`` or from the
+        ``capacity=`` options' ``on_probe`` attribute, whichever the study passes.
+        """
         pid, snapped = self.table.resolve(cfg)
-        return self.measure(pid, on_step=kw.get("on_step"), snapped=snapped, cfg=cfg, run_dir=str(run_dir))
+        on_probe = kw.get("on_probe") or getattr(kw.get("capacity"), "on_probe", None)
+        return self.measure(pid, on_step=kw.get("on_step"), snapped=snapped, cfg=cfg, run_dir=str(run_dir),
+                            on_probe=on_probe)
+
+
+def scale_capacity(cap: Any, factor: float) -> Any:
+    """A capacity result with every rate (its own and each probe's) times ``factor``; streams and latencies kept."""
+    import dataclasses
+
+    if factor == 1.0:
+        return cap
+
+    def rates(x: Any) -> dict[str, float]:
+        return {k: getattr(x, k) * factor for k in ("requests_per_second", "output_tokens_per_second",
+                                                     "goodput_requests_per_second")}
+
+    return dataclasses.replace(cap, probes=[dataclasses.replace(q, **rates(q)) for q in cap.probes], **rates(cap))
+
+
+def truncate_capacity(cap: Any, n: int) -> Any:
+    """The search as it stood after its first ``n`` probes (``bounded_by`` ``stopped``)."""
+    import dataclasses
+
+    probes = list(cap.probes[:n])
+    passing = [q for q in probes if q.slo_met]
+    at = max(passing, key=lambda q: q.streams) if passing else None
+    nan = Percentiles(math.nan, math.nan, math.nan, math.nan)
+    return dataclasses.replace(
+        cap, probes=probes, bounded_by="stopped", capacity_streams=at.streams if at else 0,
+        requests_per_second=at.requests_per_second if at else 0.0,
+        output_tokens_per_second=at.output_tokens_per_second if at else 0.0,
+        goodput_requests_per_second=at.goodput_requests_per_second if at else 0.0,
+        ttft_ms=at.ttft_ms if at else nan, itl_ms=at.itl_ms if at else nan, tpot_ms=at.tpot_ms if at else nan,
+        e2e_latency_ms=at.e2e_latency_ms if at else nan, slo_attainment=at.slo_attainment if at else 0.0,
+        wall_s=sum(q.wall_s for q in probes),
+    )
 
 
 class BudgetSpent(Exception):
@@ -385,8 +526,19 @@ class BudgetSpent(Exception):
 
 
 # ------------------------------------------------------------------------- strategies
-def replay_settings(table: Table, work_dir: Path, seed: int) -> Any:
-    """vtune's study settings for a replay of ``table`` (the model is its recorded ``config.json``)."""
+def replay_settings(table: Table, work_dir: Path, seed: int, objective: str | None = None) -> Any:
+    """vtune's study settings for a replay of ``table`` (the model is its recorded ``config.json``).
+
+    Args:
+        table: The landscape.
+        work_dir: A scratch folder.
+        seed: The sampler's seed.
+        objective: The study's objective (default: the table's :attr:`Table.objective`).
+
+    Raises:
+        VtuneError: The installed vtune has no such objective (``capacity`` before the study's
+            capacity objective is in).
+    """
     from vtune._memory import Gpu
     from vtune._objectives import parse_objectives
     from vtune._target import Target
@@ -406,7 +558,7 @@ def replay_settings(table: Table, work_dir: Path, seed: int) -> Any:
     base = ServeConfig.from_dict(h["base"]).replace(model=str(model_dir))
     return StudySettings(
         name=f"replay-{seed}", model=str(model_dir), workload=workload, space=grid_space(table.dims), base=base,
-        objectives=parse_objectives(h.get("objective", "goodput")), target=target,
+        objectives=parse_objectives(objective or table.objective), target=target,
         duration_s=float(h["workload"]["duration_s"]), remeasure_top_k=0, seed=seed,
         studies_dir=work_dir / "studies", configs_dir=work_dir / "configs",
     )
@@ -473,10 +625,11 @@ def run_optuna(table: Table, seed: int, budget: int, sampler: Any, name: str) ->
         trial = study.ask()
         values = {d.name: trial.suggest_categorical(d.name, list(d.choices or [])) for d in space.dimensions}
         rec = lookup.measure(point_key(values))
-        if rec.result is None:
+        observed = lookup.events[-1].observed
+        if rec.result is None or observed is None:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
-            study.tell(trial, rec.result.goodput_requests_per_second)
+            study.tell(trial, observed)
     return lookup
 
 
@@ -548,7 +701,7 @@ def run_preset(table: Table, seed: int, name: str, work_dir: Path) -> Lookup:
     from vtune._model_shape import load_model_shape
     from vtune.study._baselines import baseline_configs
 
-    settings = replay_settings(table, work_dir, seed)
+    settings = replay_settings(table, work_dir, seed, objective="goodput")  # the baselines do not depend on it
     configs = dict(baseline_configs(settings, load_model_shape(settings.model)))
     if name not in configs:
         raise VtuneError(f"preset:{name}: vtune has no such baseline here (it has {', '.join(configs)})")
@@ -595,12 +748,12 @@ class RunScore:
         launches_to_target: Launches until the picked configuration is within the target (None: never).
         launches_to_any_target: Launches until any launched configuration is within the target, picked
             or not (an oracle's view, blind to noise; None: never).
-        best_at_early_pct: The picked configuration's mean goodput as % of the table's best after the
+        best_at_early_pct: The picked configuration's mean value as % of the table's best after the
             early launch budget (0: nothing measured by then).
         failed_launches: Launches of configurations that could not start, until the target (or in all).
         device_s_to_target: Engine seconds until the target (or in all).
         launches: Launches in all.
-        final_pct: The picked configuration's mean goodput as % of the table's best at the end.
+        final_pct: The picked configuration's mean value as % of the table's best at the end.
         snapped: Lookups that had to snap a dimension to the grid.
         picked: The configuration picked at the end.
     """
@@ -703,38 +856,65 @@ def _fmt(st: dict[str, float], digits: int = 0, unit: str = "") -> str:
 
 
 # ------------------------------------------------------------------------- main
+def has_objective(name: str) -> bool:
+    """Whether this vtune's study knows the objective ``name`` (``capacity`` needs the study's capacity objective)."""
+    from vtune._objectives import parse_objectives
+
+    try:
+        parse_objectives(name)
+    except VtuneError:
+        return False
+    return True
+
+
 def table_summary(table: Table, target_frac: float = TARGET_FRAC) -> dict[str, Any]:
-    """The landscape's numbers: best point, failures, spread of repeats."""
+    """The landscape's numbers: best point, failures, spread of repeats (of the objective's values)."""
     best_pid, best = table.best
     spreads = {}
-    for pid, rows in table.rows.items():
-        vals = [float(r["goodput_rps"]) for r in rows if r["status"] != "failed" and r["goodput_rps"]]
+    for pid in table.rows:
+        vals = table.values(pid)
         if len(vals) > 1:
             m = sum(vals) / len(vals)
             spreads[pid] = {"values": vals, "mean": m, "min_max_pct_of_mean": [100 * min(vals) / m,
                                                                                100 * max(vals) / m]}
-    near = [p for p in table.point_ids if table.mean_goodput(p) >= target_frac * best]
-    return {
+    near = [p for p in table.point_ids if table.mean_value(p) >= target_frac * best]
+    out = {
         "points": len(table.point_ids), "measurements": sum(len(r) for r in table.rows.values()),
         "failed_points": [p for p in table.point_ids if table.failed(p)],
         "failure_kinds": sorted({r["failure_kind"] for rows in table.rows.values() for r in rows
                                  if r["failure_kind"]}),
-        "best_point": best_pid, "best_goodput_rps": best, "points_within_target": near,
+        "objective": table.objective, "unit": UNITS[table.objective],
+        "best_point": best_pid, "best_value": best, "points_within_target": near,
         "noise_sigma_log": table.noise_sigma(), "repeats": spreads,
     }
+    if table.objective == "goodput":
+        out["best_goodput_rps"] = best  # the name before capacity tables
+    if table.is_capacity:
+        probes = [int(r.get("probes") or 0) for rows in table.rows.values() for r in rows if r["status"] != "failed"]
+        out["probes_per_search"] = {"median": quantile([float(n) for n in probes], 0.5),
+                                    "min": min(probes, default=0), "max": max(probes, default=0)}
+    return out
 
 
 def render_markdown(result: dict[str, Any]) -> str:
     """The result as a Markdown report."""
     t = result["table"]
+    objective = t.get("objective", "goodput")
+    best = t.get("best_value", t.get("best_goodput_rps"))
+    what = {"goodput": "goodput", "capacity": "capacity (requests/s within the SLOs at the highest passing load)",
+            "capacity_per_gpu": "capacity per GPU"}[objective]
+    probes = t.get("probes_per_search")
     lines = [
         f"# Search efficiency on `{result['table_path']}`", "",
         f"Command: `{result['command']}`", "",
+        f"Objective: {what}.", "",
         f"Landscape: {t['points']} grid points ({len(t['failed_points'])} cannot start: "
         f"{', '.join(t['failure_kinds']) or 'none'}), {t['measurements']} measurements; best "
-        f"`{t['best_point']}` at {t['best_goodput_rps']:.2f} req/s goodput; {len(t['points_within_target'])} "
-        f"point(s) within {100 - 100 * result['target_frac']:.0f}% of it; noise (pooled sd of log goodput over "
-        f"repeated points) {t['noise_sigma_log']:.3f}.", "",
+        f"`{t['best_point']}` at {best:.2f} {t.get('unit', 'req/s')} {objective}; {len(t['points_within_target'])} "
+        f"point(s) within {100 - 100 * result['target_frac']:.0f}% of it; noise (pooled sd of log {objective} over "
+        f"repeated points) {t['noise_sigma_log']:.3f}."
+        + (f" Capacity searches: {probes['median']:.0f} probes each in the median ({probes['min']}-{probes['max']})."
+           if probes else ""), "",
         f"{result['seeds']} seeds; budget {result['budget']} launches; early budget {result['early_launches']} "
         f"launches (25% of the grid). Median [IQR] across seeds.", "",
         f"| strategy | launches to {100 * result['target_frac']:.0f}% of best | reached | "
@@ -764,7 +944,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES), help="comma-separated strategies")
     p.add_argument("--budget", type=int, help="launches per run (default: twice the grid's points)")
     p.add_argument("--target-frac", type=float, default=TARGET_FRAC,
-                   help=f"the target: this fraction of the table's best mean goodput (default {TARGET_FRAC})")
+                   help=f"the target: this fraction of the table's best mean value (default {TARGET_FRAC})")
+    p.add_argument("--objective", choices=OBJECTIVES,
+                   help="what to score: goodput, capacity or capacity_per_gpu (default: the table's own; the "
+                        "capacity ones need a capacity table)")
     p.add_argument("--out", help="write OUT.md and OUT.json")
     return p
 
@@ -772,7 +955,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Replays every strategy over every seed, prints the table, writes the files."""
     args = _parser().parse_args(argv)
-    table = load_table(args.table)
+    try:
+        table = load_table(args.table, args.objective)
+    except VtuneError as exc:
+        print(f"replay: {exc}", file=sys.stderr)
+        return 2
     n_points = len(table.point_ids)
     budget = args.budget or 2 * n_points
     early = max(1, math.ceil(EARLY_FRAC * n_points))
@@ -785,6 +972,11 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("gp: scipy is not installed; skipping Optuna's GPSampler", file=sys.stderr)
             strategies.remove("gp")
+    study_ones = [s for s in strategies if s in ("vtune", "vtune-no-prior")]
+    if study_ones and not has_objective(table.objective):
+        print(f"{', '.join(study_ones)}: this vtune's study has no {table.objective} objective; skipped",
+              file=sys.stderr)
+        strategies = [s for s in strategies if s not in study_ones]
     results: dict[str, Any] = {}
     raw: dict[str, list[dict[str, Any]]] = {}
     index = {pid: i for i, pid in enumerate(table.point_ids)}
@@ -793,7 +985,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = []
         for seed in seeds:
             lookup = run_strategy(table, name, seed, budget)
-            s = score(lookup.events, table.mean_goodput, best, early, args.target_frac)
+            s = score(lookup.events, table.mean_value, best, early, args.target_frac)
             scores.append(s)
             raw.setdefault(name, []).append({"seed": seed, **s.to_dict(), "sequence": " ".join(
                 (f"{e.label}:" if e.label else "") + str(index[e.pid]) + ("!" if e.failed else "")
@@ -814,7 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
                     "in point_ids, '!' could not start, '~' stopped early, 'probe:' a start without load, "
                     "'<preset>:' a preset",
             "point_ids": "the grid's points in grid order (first dimension outermost)",
-            "target_frac": "the target: this fraction of the table's best mean goodput",
+            "target_frac": "the target: this fraction of the table's best mean value (table.objective: goodput, "
+                           "capacity or capacity_per_gpu, in table.unit)",
             "early_launches": "launches after which best_at_early_pct is taken (25% of the grid's points)",
             "budget": "launches per run",
         },

@@ -1,4 +1,4 @@
-"""Replays of search strategies on a tiny synthetic landscape (no engine is started)."""
+"""Replays of search strategies on tiny synthetic landscapes, goodput and capacity (no engine is started)."""
 
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def test_replay_is_deterministic_for_a_seed(table: replay.Table, strategy: str) 
 def test_noise_draws_recorded_repeats(tmp_path: Path) -> None:
     pid = "VLLM_CPU_KVCACHE_SPACE=1&max_num_seqs=4&max_num_batched_tokens=8"
     t = replay.load_table(write_table(tmp_path, DIMS, repeats={pid: [2.0, 3.0, 4.0]}))
-    assert t.mean_goodput(pid) == 3.0
+    assert t.mean_value(pid) == 3.0
     assert t.noise_sigma() == pytest.approx(math.sqrt(sum((math.log(v) - sum(map(math.log, [2, 3, 4])) / 3) ** 2
                                                           for v in (2, 3, 4)) / 2))
     lookup = replay.Lookup(t, replay.random.Random(0))
@@ -288,3 +288,176 @@ def test_recorded_row_round_trips_into_the_replayed_result(tmp_path: Path) -> No
     frow = landscape.record_row(point, 0, failed)
     assert frow["failure_kind"] == "invalid_argument" and float(frow["engine_start_s"]) == 29.5
     assert "goodput_rps" not in frow
+
+
+# ----------------------------------------------------------------------------- capacity landscapes
+CAPACITY_TABLE = ROOT / "tests" / "data" / "capacity" / "landscape-capacity.csv"
+DP2_256 = "parallel_layout=tp1-pp1-dp2&max_num_seqs=256"
+DP2_64 = "parallel_layout=tp1-pp1-dp2&max_num_seqs=64"
+TP1_256 = "parallel_layout=tp1-pp1-dp1&max_num_seqs=256"
+
+
+@pytest.fixture()
+def cap_table() -> replay.Table:
+    return replay.load_table(CAPACITY_TABLE)
+
+
+def test_capacity_fixture_is_what_its_script_writes(tmp_path: Path) -> None:
+    """The committed synthetic table is reproducible: regenerate it with tests/data/capacity/make_landscape.py."""
+    from tests.test_report import synthetic
+
+    fresh = synthetic().write(tmp_path)
+    assert fresh.read_text() == CAPACITY_TABLE.read_text()
+    assert fresh.with_suffix(".json").read_text() == CAPACITY_TABLE.with_suffix(".json").read_text()
+
+
+def test_capacity_table_scores_capacity_or_capacity_per_gpu(cap_table: replay.Table, tmp_path: Path) -> None:
+    assert cap_table.is_capacity and cap_table.objective == "capacity"
+    assert cap_table.best == (DP2_256, pytest.approx(31.5224))
+    assert cap_table.values(DP2_64) == [29.5385, 27.9218]  # measured twice: both searches are kept
+    assert cap_table.failed("parallel_layout=tp2-pp1-dp1&max_num_seqs=256")
+    per_gpu = replay.load_table(CAPACITY_TABLE, "capacity_per_gpu")
+    assert per_gpu.best == (TP1_256, pytest.approx(16.2963))  # one GPU serves the most per GPU
+    assert per_gpu.mean_value(DP2_256) == pytest.approx(31.5224 / 2)
+    good = replay.load_table(CAPACITY_TABLE, "goodput")  # the goodput at capacity, as the row's result
+    assert good.mean_value(DP2_256) == pytest.approx(31.5224)
+    with pytest.raises(replay.VtuneError, match="--objective capacity"):
+        replay.load_table(write_table(tmp_path, DIMS), "capacity")  # a goodput table has no capacity
+    assert replay.table_summary(cap_table)["probes_per_search"] == {"median": 7.0, "min": 5, "max": 8}
+
+
+def test_lookup_answers_with_the_recorded_capacity_search(cap_table: replay.Table) -> None:
+    from vtune.loads._capacity import CapacityResult
+
+    lookup = replay.Lookup(cap_table, replay.random.Random(0))
+    rec = lookup.measure(DP2_256)
+    cap = landscape.record_capacity(rec)
+    recorded = replay.row_capacity(cap_table.rows[DP2_256][0])
+    assert isinstance(cap, CapacityResult) and [p.streams for p in cap.probes] == [32, 64, 128, 256, 192, 160, 176]
+    # measured once: a noise factor scales every rate alike, streams and latencies stay as recorded
+    factor = cap.requests_per_second / recorded.requests_per_second
+    assert factor != 1.0 and abs(math.log(factor)) < 5 * cap_table.noise_sigma()
+    assert [p.output_tokens_per_second for p in cap.probes] == pytest.approx(
+        [p.output_tokens_per_second * factor for p in recorded.probes])
+    assert cap.capacity_streams == 176 and cap.ttft_ms == recorded.ttft_ms
+    assert rec.result is not None and rec.result.requests_per_second == cap.requests_per_second
+    assert rec.status == "ok" and lookup.events[-1].observed == cap.requests_per_second
+    assert rec.load_s == pytest.approx(sum(p.wall_s for p in recorded.probes))
+    assert lookup.events[-1].device_s == pytest.approx(72.0 + rec.load_s)  # engine start + the probes
+    # measured twice: one of its two recorded searches, as recorded
+    seen = {landscape.record_capacity(lookup.measure(DP2_64)).requests_per_second for _ in range(30)}
+    assert seen == {29.5385, 27.9218}
+
+
+def test_lookup_stops_the_search_where_the_study_says(cap_table: replay.Table) -> None:
+    """A probe callback (the study's pruner) that says stop ends the replayed search there."""
+    seen: list[int] = []
+
+    def stop_at_third(probe: Any) -> bool:
+        seen.append(probe.streams)
+        return len(seen) < 3
+
+    lookup = replay.Lookup(cap_table, replay.random.Random(0))
+    cfg = ServeConfig(model="m", data_parallel_size=2, max_num_seqs=256)
+    rec = lookup(cfg, None, Path("/tmp/x"), on_probe=stop_at_third)
+    cap = landscape.record_capacity(rec)
+    assert seen == [32, 64, 128] and rec.status == "stopped_early"
+    assert cap.bounded_by == "stopped" and [p.streams for p in cap.probes] == [32, 64, 128]
+    assert cap.capacity_streams == 128 and rec.result.requests_per_second == cap.probes[2].requests_per_second
+    assert lookup.events[-1].observed is None  # stopped early: not a candidate for the pick
+
+    class Options:  # the study may hand the callback inside its capacity options instead
+        on_probe = staticmethod(lambda probe: False)
+
+    rec = lookup(cfg, None, Path("/tmp/x"), capacity=Options())
+    assert [p.streams for p in landscape.record_capacity(rec).probes] == [32]
+
+
+def test_replay_metrics_on_capacity_values(cap_table: replay.Table) -> None:
+    """Launches to 90% of the best capacity in auto_tune's grid order: the 7th launch is DP=2 at 64 seqs (91%)."""
+    run = replay.run_grid(cap_table, seed=0)
+    assert [(e.label, e.pid) for e in run.events][:8] == [
+        ("probe", TP1_256), ("", "parallel_layout=tp1-pp1-dp1&max_num_seqs=16"),
+        ("", "parallel_layout=tp1-pp1-dp1&max_num_seqs=64"), ("", TP1_256),
+        ("probe", DP2_256), ("", "parallel_layout=tp1-pp1-dp2&max_num_seqs=16"), ("", DP2_64), ("", DP2_256)]
+    _, best = cap_table.best
+    s90 = replay.score(run.events, cap_table.mean_value, best, early_launches=3, target_frac=0.9)
+    assert s90.launches_to_target == 7
+    assert cap_table.mean_value(DP2_64) / best == pytest.approx((29.5385 + 27.9218) / 2 / 31.5224)
+    s95 = replay.score(run.events, cap_table.mean_value, best, early_launches=3, target_frac=0.95)
+    assert s95.launches_to_target in (8, None) and s95.launches_to_any_target == 8  # the best itself
+    per_gpu = replay.load_table(CAPACITY_TABLE, "capacity_per_gpu")
+    run = replay.run_grid(per_gpu, seed=0)
+    # one GPU at 256 seqs, the best per GPU, is the 4th launch (after its layout's probe, 16 and 64 seqs)
+    assert replay.score(run.events, per_gpu.mean_value, per_gpu.best[1], 3, 0.95).launches_to_target == 4
+
+
+@pytest.mark.parametrize("strategy", ["random", "tpe", "preset:vllm-defaults"])
+def test_other_strategies_see_capacity_values(cap_table: replay.Table, strategy: str) -> None:
+    lookup = replay.run_strategy(cap_table, strategy, seed=1, budget=6)
+    for e in lookup.events:
+        if e.observed is not None:
+            rows = cap_table.values(e.pid)
+            assert min(rows) * 0.7 < e.observed < max(rows) * 1.3  # a capacity, not a goodput at a fixed load
+
+
+def test_main_replays_a_capacity_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cap"
+    assert replay.main([str(CAPACITY_TABLE), "--seeds", "2", "--strategies", "vtune,random,grid",
+                        "--target-frac", "0.9", "--out", str(out)]) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert data["table"]["objective"] == "capacity" and data["table"]["best_point"] == DP2_256
+    assert data["table"]["best_value"] == pytest.approx(31.5224) and data["table"]["unit"] == "req/s"
+    assert data["strategies"]["grid"]["launches_to_target"]["median"] == 7
+    md = out.with_suffix(".md").read_text()
+    assert "Objective: capacity (requests/s within the SLOs" in md and "31.52 req/s capacity" in md
+    if not replay.has_objective("capacity"):  # before the study's capacity objective: said, and left out
+        assert "vtune" not in data["strategies"] and "no capacity objective" in capsys.readouterr().err
+    assert replay.main([str(write_table(tmp_path, DIMS)), "--objective", "capacity", "--seeds", "1"]) == 2
+
+
+def test_vtune_replays_capacity_through_its_study_code(cap_table: replay.Table,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lookup as the study's trial_fn on a capacity table: vtune's study code, its baselines and sampler.
+
+    Before the study's own capacity objective is in this checkout, a stand-in of the data
+    contract (tests/test_report.py) plays it; after, the real one.
+    """
+    from tests.test_report import capacity_objective_shim
+
+    capacity_objective_shim(monkeypatch)
+    run = replay.run_strategy(cap_table, "vtune", seed=0, budget=8)
+    assert run.launches == 8
+    # the baselines come first: vLLM's defaults (one GPU, 1024 seqs snapped to 256) among them
+    assert TP1_256 in [e.pid for e in run.events[:3]] and any(e.snapped for e in run.events[:3])
+    assert sum(e.observed is not None for e in run.events) >= 6
+    for e in run.events:
+        if e.observed is not None:  # a capacity, as recorded (times the noise of a once-measured point)
+            assert min(cap_table.values(e.pid)) * 0.8 < e.observed < max(cap_table.values(e.pid)) * 1.25
+    s = replay.score(run.events, cap_table.mean_value, cap_table.best[1], 3, 0.9)
+    assert s.launches == 8 and s.final_pct > 50
+
+
+def test_goodput_replay_of_a_capacity_table_sees_the_goodput_at_capacity(tmp_path: Path) -> None:
+    """Scoring goodput on a capacity table: the goodput of the probe at capacity, not its request rate."""
+    import shutil
+
+    rows = landscape.read_rows(CAPACITY_TABLE)
+    for row in rows:  # half of the requests at capacity missed an objective (attainment 0.5)
+        data = json.loads(row["capacity"]) if row["capacity"] else None
+        if data:
+            data["goodput_requests_per_second"] = data["requests_per_second"] / 2
+            for probe in data["probes"]:
+                probe["goodput_requests_per_second"] = probe["requests_per_second"] / 2
+            row["capacity"] = json.dumps(data)
+            row["goodput_rps"] = str(float(row["capacity_rps"]) / 2)
+    path = tmp_path / "half.csv"
+    for row in rows:
+        landscape.append_row(path, list(rows[0]), row)
+    shutil.copy(CAPACITY_TABLE.with_suffix(".json"), path.with_suffix(".json"))
+    good = replay.load_table(path, "goodput")
+    lookup = replay.Lookup(good, replay.random.Random(0))
+    rec = lookup.measure(DP2_64)
+    cap = landscape.record_capacity(rec)
+    assert lookup.events[-1].observed == pytest.approx(cap.requests_per_second / 2)
+    assert good.mean_value(DP2_64) == pytest.approx((29.5385 + 27.9218) / 4)
