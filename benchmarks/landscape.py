@@ -667,9 +667,8 @@ def capacity_trial(cfg: ServeConfig, workload: Any, run_dir: Path, settings: Cap
     Raises:
         VtuneError: Bad input found before the launch (e.g. no tokenizer).
     """
-    from vtune.engines._logparse import Failure
-
     from vtune._trial import TrialRecord, write_config_files
+    from vtune.engines._failures import Failure
     from vtune.engines._metrics import MetricsSampler
     from vtune.engines._vllm import EngineFailure, VllmServer
     from vtune.loads._capacity import run_capacity_search
@@ -1200,9 +1199,9 @@ def _import_capacity_rows(db: Path, study: Any, points: list[dict[str, Any]], co
                           rows: list[dict[str, str]], workload: Any, search: CapacitySettings) -> list[dict[str, str]]:
     """:func:`import_study_rows` for a capacity table: trials whose capacity search matches the table's."""
     import optuna
-    from vtune.engines._logparse import StartupNumbers
 
     from vtune._trial import TrialRecord
+    from vtune.engines._startup_log import StartupNumbers
     from vtune.loads._capacity import CapacityResult
     from vtune.loads._results import TrialResult
 

@@ -39,13 +39,12 @@ ROOT = Path(__file__).resolve().parents[3]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from vtune.engines._logparse import Failure  # noqa: E402
-
 from benchmarks import landscape  # noqa: E402
 from vtune._serve_config import ServeConfig  # noqa: E402
 from vtune._space import apply_values  # noqa: E402
 from vtune._trial import TrialRecord  # noqa: E402
 from vtune._workload import load_workload  # noqa: E402
+from vtune.engines._failures import Failure  # noqa: E402
 from vtune.loads._capacity import CapacityResult, CapacitySearch, Probe  # noqa: E402
 from vtune.loads._results import Percentiles  # noqa: E402
 
