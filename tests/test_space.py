@@ -174,7 +174,7 @@ def test_readme_example_is_valid(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     block = readme.split("## Search-space files", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     space = _load(tmp_path, block)
-    assert space.get("--max-num-partial-prefills") is not None and space.get("VLLM_SOME_ENV") is not None
+    assert space.get("--stream-interval") is not None and space.get("VLLM_SOME_ENV") is not None
 
 
 def test_space_round_trips_through_its_stored_form(tmp_path: Path) -> None:
