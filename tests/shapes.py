@@ -22,6 +22,10 @@ QWEN3_0_6B: dict[str, Any] = {
     "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "max_position_embeddings": 40960,
     "torch_dtype": "bfloat16", "tie_word_embeddings": True, "sliding_window": None, "use_sliding_window": False,
 }
+#: Qwen/Qwen3-1.7B (issue 14's GPU model): tied embeddings, 8 KV heads of 128.
+QWEN3_1_7B: dict[str, Any] = {
+    **QWEN3_0_6B, "hidden_size": 2048, "intermediate_size": 6144,
+}
 QWEN2_5_7B: dict[str, Any] = {
     "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584,
     "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
