@@ -4,7 +4,7 @@
 #      Qwen3-1.7B-shape model; bounded by N_TRIALS (default 5) for the session's 30 device-minutes;
 #   B. vLLM's --enforce-eager (the users' own default) measured the same way: `vtune bench --objective capacity`;
 #   C. (optional, VL=1) benchmarks/gpu/vl_study.sh, issue 15's Qwen3-VL-2B run, if it exists.
-# Prerequisite: kit parts in /tmp/xfer (part-00, part-01, SHA256SUMS), make_model.py in .gpukit/.
+# Prerequisite: kit parts in /tmp/xfer (part-00, part-01, SHA256SUMS), make_model.py and make_vl_model.py in /tmp/xfer (copied there by the first call).
 set -u
 W=/tmp/vtune-gpu; R=$W/results; S=$W/studies; C=$W/configs
 N_TRIALS=${N_TRIALS:-5}
@@ -15,7 +15,7 @@ source benchmarks/gpu/kit_install.sh
 export PYTHONUNBUFFERED=1
 stamp "kit installed"
 MODEL=$W/models/qwen3-1.7b
-[ -f "$MODEL/config.json" ] || python3 .gpukit/make_model.py "$MODEL" \
+[ -f "$MODEL/config.json" ] || python3 /tmp/xfer/make_model.py "$MODEL" \
   "$(python3 -c 'import json; from tests.shapes import QWEN3_1_7B; print(json.dumps(QWEN3_1_7B))')" >/dev/null
 nvidia-smi --query-gpu=index,name,memory.total,memory.used --format=csv,noheader
 python3 -c "import vllm, guidellm, optuna; print('vllm', vllm.__version__, 'optuna', optuna.__version__)"
