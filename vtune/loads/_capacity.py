@@ -78,7 +78,7 @@ from vtune._errors import VtuneError
 from vtune._workload import Slo, Workload
 from vtune.loads._capacity_probe import PreparedCapacitySearch, prepare_capacity_search
 from vtune.loads._guidellm_report import read_guidellm_report
-from vtune.loads._results import BenchmarkSamples, Percentiles, percentile, summarize
+from vtune.loads._results import BenchmarkSamples, Percentiles, TrialResult, percentile, summarize
 
 __all__ = [
     "BOUNDS",
@@ -385,6 +385,28 @@ class CapacityResult:
         """The passing probe at :attr:`capacity_streams` (None when nothing passed)."""
         found = [p for p in self.probes if p.slo_met and p.streams == self.capacity_streams]
         return found[-1] if found else None
+
+    def to_trial_result(self) -> TrialResult | None:
+        """The fixed-load result of the probe at capacity (what a trial's ``result`` holds).
+
+        When no probe met the SLOs it is the probe at the fewest streams (what the
+        configuration served at the lightest load tried); None when the search ran no
+        probe. A latency objective of a capacity study reads it: the latency at capacity.
+        """
+        probe = self.capacity_probe or (min(self.probes, key=lambda q: q.streams) if self.probes else None)
+        if probe is None:
+            return None
+        limits = {k: float(v.get("max_ms", math.inf)) for k, v in (self.slo or {}).items()}
+        met = {k: v is not None and v <= limits.get(k, math.inf) for k, v in probe.slo_observed_ms.items()}
+        return TrialResult(
+            output_tokens_per_second=probe.output_tokens_per_second, requests_per_second=probe.requests_per_second,
+            goodput_requests_per_second=probe.goodput_requests_per_second, ttft_ms=probe.ttft_ms,
+            itl_ms=probe.itl_ms, tpot_ms=probe.tpot_ms, e2e_latency_ms=probe.e2e_latency_ms,
+            successful_requests=probe.requests, errored_requests=probe.errored_requests,
+            incomplete_requests=probe.incomplete_requests, duration_s=probe.seconds,
+            slo_attainment=probe.slo_attainment, slo_met=met, slo_observed_ms=dict(probe.slo_observed_ms),
+            raw_report_paths=[probe.report_path] if probe.report_path else [], steps=1,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-ready mapping (the content of ``capacity_result.json``)."""

@@ -38,6 +38,7 @@ from typing import IO, Any
 from vtune._errors import VtuneError
 from vtune._workload import LoadProfile, PromptRecord, Workload
 from vtune.engines._process import spawn_group
+from vtune.loads._base import LoadFailure
 from vtune.loads._guidellm import _Child, _child_env
 from vtune.loads._guidellm_child import PROTO_PREFIX as _PROTO_PREFIX
 from vtune.loads._guidellm_child import _data_args, _use_forkserver
@@ -99,7 +100,8 @@ class PreparedCapacitySearch:
         """Runs one probe and returns the path of its GuideLLM report.
 
         Raises:
-            VtuneError: GuideLLM failed, exited, or did not answer in time.
+            LoadFailure: GuideLLM failed or exited (``load_error``), or did not answer in
+                time (``load_stalled``).
         """
         if not self.started:
             raise RuntimeError("PreparedCapacitySearch.probe() before go()")
@@ -111,18 +113,20 @@ class PreparedCapacitySearch:
             try:
                 event = self.child.next_event(deadline_s)
             except TimeoutError:
-                raise VtuneError(
+                raise LoadFailure(
+                    "load_stalled",
                     f"GuideLLM did not finish capacity probe {index} ({streams} streams) within "
                     f"{deadline_s:.0f} s; see {self.log_path}"
                 ) from None
             if event is None:
                 code = self.child.proc.wait(timeout=30)
-                raise VtuneError(
-                    f"GuideLLM exited (code {code}) during capacity probe {index}; see {self.log_path}"
+                raise LoadFailure(
+                    "load_error", f"GuideLLM exited (code {code}) during capacity probe {index}; see {self.log_path}"
                 )
             kind = event.get("event")
             if kind == "error":
-                raise VtuneError(f"GuideLLM capacity probe failed: {event.get('message')}; see {self.log_path}")
+                raise LoadFailure("load_error",
+                                  f"GuideLLM capacity probe failed: {event.get('message')}; see {self.log_path}")
             if kind == "probe" and int(event.get("index", -1)) == index:
                 return Path(event["path"])
 

@@ -273,6 +273,8 @@ def prepare_study(
         enqueue_baselines(study, settings, shape)
         requeue_baselines(study)  # those a killed process left interrupted
         study.set_user_attr("budget", {"n_trials": n_trials, "timeout_s": timeout_s})
+        if settings.target_rate_rps is not None:  # the latest --target-rate is the study's
+            study.set_user_attr("target_rate_rps", settings.target_rate_rps)
     return study, shape, recovered, url
 
 def check_fixed_flags(settings: StudySettings) -> None:
