@@ -25,6 +25,7 @@ NAME = "ci-study"
 def study_cmd(workdir: Path, n_trials: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "vtune", "study", "--study", NAME, "--n-trials", str(n_trials),
             "--duration-s", "6", "--remeasure", "0", "--seed", "1", "--max-concurrent-trials", "1",
+            "--objectives", "goodput",  # the fixed load: this test asserts its steps and the goodput report
             "--enqueue", "--max-model-len 100000", *extra]
 
 

@@ -1,0 +1,91 @@
+"""End-to-end: a capacity study (the default objective) on the real vLLM CPU engine, real GuideLLM probes.
+
+Five trials: the three baselines and two enqueued configurations, ``--max-num-seqs 2`` and
+``--max-num-seqs 32``. Short probes (``--duration-s 4`` measured seconds after a 1 s warmup, the
+workload file below) keep each search to about a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+NAME = "ci-capacity"
+TARGET_RPS = 20.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def attrs(workdir: Path) -> dict[int, tuple[str, dict]]:
+    db = sqlite3.connect(workdir / "studies" / f"{NAME}.db")
+    try:
+        out = {}
+        for number, state in db.execute("select number, state from trials order by number"):
+            rows = db.execute("select a.key, a.value_json from trial_user_attributes a join trials t on "
+                              "a.trial_id = t.trial_id where t.number = ?", (number,)).fetchall()
+            out[number] = (state, {k: json.loads(v) for k, v in rows})
+        return out
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("capstudy")
+    text = (ROOT / "configs" / "workloads" / "chatbot.yaml").read_text()
+    (d / "chatbot-short.yaml").write_text(text.replace("warmup_s: 3", "warmup_s: 1").replace("name: chatbot",
+                                                                                           "name: chatbot-short"))
+    cmd = [sys.executable, "-m", "vtune", "study", "--study", NAME, "--workload", str(d / "chatbot-short.yaml"),
+           "--n-trials", "5", "--max-concurrent-trials", "1", "--duration-s", "4", "--remeasure", "0", "--seed", "1",
+           "--enqueue", "--max-num-seqs 2", "--enqueue", "--max-num-seqs 32", "--target-rate", str(TARGET_RPS)]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=1800)
+    (d / "study.out").write_text(f"wall {time.monotonic() - t0:.0f} s\n" + proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return d
+
+
+def test_e2e_capacity_study_records_probes_and_capacities(workdir: Path) -> None:
+    trials = attrs(workdir)
+    assert len(trials) == 5
+    by_name = {a.get("baseline"): (state, a) for state, a in trials.values()}
+    for state, a in trials.values():
+        assert state == "COMPLETE", (state, a.get("failure"))
+        cap = a["capacity"]
+        assert cap["probes"] and a["num_gpus"] == 1
+        saved = json.loads((Path(a["run_dir"]) / "trial.json").read_text())
+        assert [p["streams"] for p in saved["capacity"]["probes"]] == [p["streams"] for p in cap["probes"]]
+        assert len(list((Path(a["run_dir"]) / "capacity").glob("capacity-probe-*.json"))) == len(cap["probes"])
+    small, large = by_name["enqueued-0"][1]["capacity"], by_name["enqueued-1"][1]["capacity"]
+    assert small["start_streams"] <= 2 and small["max_streams"] == 4  # clamped by max-num-seqs 2 (x 2)
+    assert large["capacity_streams"] > 0 and large["requests_per_second"] > 0  # a sound configuration
+    assert large["capacity_streams"] > small["capacity_streams"]
+    assert large["requests_per_second"] > small["requests_per_second"]
+    out = (workdir / "study.out").read_text()
+    assert f"{TARGET_RPS:g} req/s needs " in out
+
+
+def test_e2e_capacity_best_json_and_target_rate(workdir: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "vtune", "best", "--study", NAME, "--format", "json"], cwd=workdir,
+                         capture_output=True, text=True, check=True).stdout
+    best = json.loads(out)
+    cap = best["capacity"]
+    for key in ("concurrency", "requests_per_second", "output_tokens_per_second", "slo_attainment", "probes",
+                "mean_requests_per_second", "measurements", "target_rate_rps", "replicas", "gpus"):
+        assert key in cap, key
+    assert cap["concurrency"] > 0 and cap["probes"] and all("streams" in p for p in cap["probes"])
+    assert cap["target_rate_rps"] == TARGET_RPS
+    assert cap["replicas"] == math.ceil(TARGET_RPS / cap["mean_requests_per_second"])
+    assert cap["gpus"] == cap["replicas"] * cap["num_gpus"]
+    other = subprocess.run([sys.executable, "-m", "vtune", "best", "--study", NAME, "--format", "json",
+                            "--target-rate", "3"], cwd=workdir, capture_output=True, text=True, check=True).stdout
+    three = json.loads(other)["capacity"]
+    assert three["replicas"] == math.ceil(3 / three["mean_requests_per_second"])
