@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +23,8 @@ pytestmark = pytest.mark.e2e
 NAME = "ci-capacity"
 TARGET_RPS = 20.0
 ROOT = Path(__file__).resolve().parents[2]
+#: The subprocesses import this checkout (a module-scoped fixture runs before conftest's PYTHONPATH fixture).
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
 
 
 def attrs(workdir: Path) -> dict[int, tuple[str, dict]]:
@@ -47,7 +50,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
            "--n-trials", "5", "--max-concurrent-trials", "1", "--duration-s", "4", "--remeasure", "0", "--seed", "1",
            "--enqueue", "--max-num-seqs 2", "--enqueue", "--max-num-seqs 32", "--target-rate", str(TARGET_RPS)]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=1800, env=ENV)
     (d / "study.out").write_text(f"wall {time.monotonic() - t0:.0f} s\n" + proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return d
@@ -75,7 +78,7 @@ def test_e2e_capacity_study_records_probes_and_capacities(workdir: Path) -> None
 
 def test_e2e_capacity_best_json_and_target_rate(workdir: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "vtune", "best", "--study", NAME, "--format", "json"], cwd=workdir,
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True, env=ENV).stdout
     best = json.loads(out)
     cap = best["capacity"]
     for key in ("concurrency", "requests_per_second", "output_tokens_per_second", "slo_attainment", "probes",
@@ -86,6 +89,7 @@ def test_e2e_capacity_best_json_and_target_rate(workdir: Path) -> None:
     assert cap["replicas"] == math.ceil(TARGET_RPS / cap["mean_requests_per_second"])
     assert cap["gpus"] == cap["replicas"] * cap["num_gpus"]
     other = subprocess.run([sys.executable, "-m", "vtune", "best", "--study", NAME, "--format", "json",
-                            "--target-rate", "3"], cwd=workdir, capture_output=True, text=True, check=True).stdout
+                            "--target-rate", "3"], cwd=workdir, capture_output=True, text=True, check=True,
+                           env=ENV).stdout
     three = json.loads(other)["capacity"]
     assert three["replicas"] == math.ceil(3 / three["mean_requests_per_second"])
