@@ -363,27 +363,6 @@ def run_trial(
         sampler = MetricsSampler(server.url, interval_s=2.0).start()
         load_t0 = time.monotonic()
         served = server.served_model_name or cfg.served_model_name or cfg.model
-        if capacity is not None:
-            child, search = search, None  # the search ends its child, whatever happens
-            try:
-                record.capacity = _search_capacity(server, served, tok_dir, workload, run_dir / "capacity",
-                                                   capacity, duration_s, child)
-            except EngineFailure as exc:
-                record.failure = exc.failure
-                return record
-            except VtuneError as exc:
-                record.failure = _load_failure(server, exc)
-                return record
-            finally:
-                record.load_s = time.monotonic() - load_t0
-            record.result = record.capacity.to_trial_result()
-            try:
-                server.check(probe_http=True)
-            except EngineFailure as exc:
-                record.failure = exc.failure
-                return record
-            record.status = "stopped_early" if record.capacity.bounded_by == "stopped" else "ok"
-            return record
 
         def step_hook(index: int, step: Any) -> bool:
             record.step_results.append(step.cumulative)
@@ -391,10 +370,16 @@ def run_trial(
             keep_going = True if on_step is None else bool(on_step(index, step.cumulative))
             return keep_going
 
-        assert loader is not None
+        result: Any = None
         try:
-            prepared = False  # run() ends the tool, whatever happens
-            result = loader.run(served, on_step=step_hook, check_target=lambda: server.check(probe_http=True))
+            if capacity is not None:
+                child, search = search, None  # the search ends its child, whatever happens
+                record.capacity = _search_capacity(server, served, tok_dir, workload, run_dir / "capacity",
+                                                   capacity, duration_s, child)
+            else:
+                assert loader is not None
+                prepared = False  # run() ends the tool, whatever happens
+                result = loader.run(served, on_step=step_hook, check_target=lambda: server.check(probe_http=True))
         except EngineFailure as exc:
             record.failure = exc.failure
             return record
@@ -403,14 +388,19 @@ def run_trial(
             return record
         finally:
             record.load_s = time.monotonic() - load_t0
-        record.load_retries = result.retries
-        record.result = result.result
+        if record.capacity is not None:
+            record.result = record.capacity.to_trial_result()
+            stopped = record.capacity.bounded_by == "stopped"
+        else:
+            record.load_retries = result.retries
+            record.result = result.result
+            stopped = result.stopped_early
         try:
             server.check(probe_http=True)
         except EngineFailure as exc:
             record.failure = exc.failure
             return record
-        record.status = "stopped_early" if result.stopped_early else "ok"
+        record.status = "stopped_early" if stopped else "ok"
         return record
     except KeyboardInterrupt:
         record.failure = _failure("interrupted", "the trial was interrupted (Ctrl-C or SIGTERM) and recorded as failed")
