@@ -2,7 +2,8 @@
 
 Five trials: the three baselines and two enqueued configurations, ``--max-num-seqs 2`` and
 ``--max-num-seqs 32``. Short probes (``--duration-s 4`` measured seconds after a 1 s warmup, the
-workload file below) keep each search to about a minute.
+workload file below) keep each search to about 30-40 s; the engine starts (60-120 s each on a
+loaded 2-core machine) dominate: about 10 minutes in all.
 """
 
 from __future__ import annotations
@@ -44,8 +45,16 @@ def attrs(workdir: Path) -> dict[int, tuple[str, dict]]:
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("capstudy")
     text = (ROOT / "configs" / "workloads" / "chatbot.yaml").read_text()
-    (d / "chatbot-short.yaml").write_text(text.replace("warmup_s: 3", "warmup_s: 1").replace("name: chatbot",
-                                                                                           "name: chatbot-short"))
+    # Short warmups; SLOs a shared 2-core machine can meet at a few streams (at the chatbot's 500 ms TTFT and 50 ms
+    # ITL a loaded machine served 2-3 streams whatever the batch). TTFT 1 s still fails a queue behind max-num-seqs
+    # 2 (1.5-1.8 s measured at 3-4 streams), so the batch decides the capacity.
+    for old, new in (("warmup_s: 3", "warmup_s: 1"), ("name: chatbot", "name: chatbot-short"),
+                     ("ttft_ms: {percentile: 90, max_ms: 500}", "ttft_ms: {percentile: 90, max_ms: 1000}"),
+                     ("itl_ms: {percentile: 90, max_ms: 50}", "itl_ms: {percentile: 90, max_ms: 100}"),
+                     ("e2e_ms: {percentile: 90, max_ms: 5000}", "e2e_ms: {percentile: 90, max_ms: 10000}")):
+        assert old in text, old
+        text = text.replace(old, new)
+    (d / "chatbot-short.yaml").write_text(text)
     cmd = [sys.executable, "-m", "vtune", "study", "--study", NAME, "--workload", str(d / "chatbot-short.yaml"),
            "--n-trials", "5", "--max-concurrent-trials", "1", "--duration-s", "4", "--remeasure", "0", "--seed", "1",
            "--enqueue", "--max-num-seqs 2", "--enqueue", "--max-num-seqs 32", "--target-rate", str(TARGET_RPS)]
