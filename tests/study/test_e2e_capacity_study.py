@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.study.test_e2e_reliability import trials
 
 pytestmark = pytest.mark.e2e
 
@@ -29,16 +30,8 @@ ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.envi
 
 
 def attrs(workdir: Path) -> dict[int, tuple[str, dict]]:
-    db = sqlite3.connect(workdir / "studies" / f"{NAME}.db")
-    try:
-        out = {}
-        for number, state in db.execute("select number, state from trials order by number"):
-            rows = db.execute("select a.key, a.value_json from trial_user_attributes a join trials t on "
-                              "a.trial_id = t.trial_id where t.number = ?", (number,)).fetchall()
-            out[number] = (state, {k: json.loads(v) for k, v in rows})
-        return out
-    finally:
-        db.close()
+    """Every trial's state and user attributes, from the study's SQLite file."""
+    return trials(workdir / "studies" / f"{NAME}.db")
 
 
 @pytest.fixture(scope="module")
