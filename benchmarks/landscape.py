@@ -517,27 +517,9 @@ def attach_capacity(rec: Any, cap: Any) -> Any:
 
 
 def capacity_result_of(cap: Any) -> Any:
-    """The :class:`~vtune.loads._results.TrialResult` of a capacity search: its probe at capacity.
-
-    When no probe met the SLOs it is the probe at the fewest streams (what the configuration
-    served at the lightest load tried); None when the search ran no probe.
-    """
-    from vtune.loads._results import TrialResult
-
-    probe = cap.capacity_probe or (min(cap.probes, key=lambda q: q.streams) if cap.probes else None)
-    if probe is None:
-        return None
-    limits = {k: float(v.get("max_ms", math.inf)) for k, v in (cap.slo or {}).items()}
-    met = {k: v is not None and v <= limits.get(k, math.inf) for k, v in probe.slo_observed_ms.items()}
-    return TrialResult(
-        output_tokens_per_second=probe.output_tokens_per_second, requests_per_second=probe.requests_per_second,
-        goodput_requests_per_second=probe.goodput_requests_per_second, ttft_ms=probe.ttft_ms,
-        itl_ms=probe.itl_ms, tpot_ms=probe.tpot_ms, e2e_latency_ms=probe.e2e_latency_ms,
-        successful_requests=probe.requests, errored_requests=probe.errored_requests,
-        incomplete_requests=probe.incomplete_requests, duration_s=probe.seconds,
-        slo_attainment=probe.slo_attainment, slo_met=met, slo_observed_ms=dict(probe.slo_observed_ms),
-        raw_report_paths=[probe.report_path] if probe.report_path else [], steps=1,
-    )
+    """The :class:`~vtune.loads._results.TrialResult` of a capacity search: its probe at capacity
+    (:meth:`~vtune.loads._capacity.CapacityResult.to_trial_result`, what a capacity trial's ``result`` is)."""
+    return cap.to_trial_result()
 
 
 def probe_trace(cap: Any) -> str:
@@ -642,11 +624,11 @@ def capacity_trial(cfg: ServeConfig, workload: Any, run_dir: Path, settings: Cap
                    on_probe: Any = None) -> Any:
     """One capacity measurement: a real engine, the capacity search on it, the verified teardown.
 
-    What :func:`vtune._trial.run_trial` does for the fixed load, with the capacity search in its
-    place (the same engine start, GuideLLM's child started while the engine starts, ``/metrics``
-    sampled, the engine checked between probes so that an engine dying mid-search fails the
-    trial classified, teardown verified, ``trial.json`` written). The search's probe reports
-    and ``capacity_result.json`` go to ``run_dir/capacity/``.
+    :func:`vtune._trial.run_trial`'s capacity path with the table's search settings (the same
+    engine start, GuideLLM's child started while the engine starts, ``/metrics`` sampled, the
+    engine checked between probes so that an engine dying mid-search fails the trial
+    classified, teardown verified, ``trial.json`` written). The search's probe reports and
+    ``capacity_result.json`` go to ``run_dir/capacity/``.
 
     Args:
         cfg: The configuration to serve.
@@ -667,91 +649,14 @@ def capacity_trial(cfg: ServeConfig, workload: Any, run_dir: Path, settings: Cap
     Raises:
         VtuneError: Bad input found before the launch (e.g. no tokenizer).
     """
-    from vtune._trial import TrialRecord, write_config_files
-    from vtune.engines._failures import Failure
-    from vtune.engines._metrics import MetricsSampler
-    from vtune.engines._vllm import EngineFailure, VllmServer
-    from vtune.loads._capacity import run_capacity_search
-    from vtune.loads._capacity_probe import prepare_capacity_search
+    from vtune._trial import CapacityOptions, run_trial
 
-    t0 = time.monotonic()
-    run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config_files(cfg, run_dir)
-    log_path = run_dir / "server.log"
-    record = TrialRecord(config=cfg.to_dict(), flags_line=cfg.to_flags_line(), status="failed", run_dir=str(run_dir),
-                         log_path=str(log_path), gpus=None if gpus is None else list(gpus),
-                         cpu_cores=None if cpu_cores is None else list(cpu_cores))
-    attach_capacity(record, None)
-    tok_dir = Path(tokenizer_dir or cfg.model)
-    server = VllmServer(cfg, log_path=log_path, gpus=gpus, cpu_cores=cpu_cores, cache_dir=cache_dir,
-                        startup_timeout_s=startup_timeout_s)
-    sampler = None
-    prepared = None
-    try:
-        server.start()
-        prepared = prepare_capacity_search(server.url, tok_dir, workload, run_dir / "capacity")
-        try:
-            record.startup = server.wait_ready()
-        except EngineFailure as exc:
-            record.failure = exc.failure
-            return record
-        record.engine_start_s = server.start_s
-        sampler = MetricsSampler(server.url, interval_s=2.0).start()
-        load_t0 = time.monotonic()
-
-        def check(probe: Any) -> bool:
-            server.check()  # an engine that died mid-search fails the trial now, classified
-            return True if on_probe is None else bool(on_probe(probe))
-
-        try:
-            cap = run_capacity_search(
-                server.url, server.served_model_name or cfg.served_model_name or cfg.model, tok_dir, workload,
-                run_dir / "capacity", start_streams=settings.start_streams, max_streams=settings.max_streams,
-                probe_s=settings.probe_s, warmup_s=settings.warmup_s, tolerance=settings.tolerance,
-                max_probes=settings.max_probes, attainment_target=settings.attainment_target, on_probe=check,
-                prepared=prepared)
-            prepared = None  # the search closed its child (on an exception it is ended below, again if need be)
-        except EngineFailure as exc:
-            record.failure = exc.failure
-            return record
-        except VtuneError as exc:
-            try:
-                server.check(probe_http=True)
-            except EngineFailure as dead:
-                record.failure = dead.failure
-                return record
-            record.failure = Failure(kind="load_error", message=str(exc), log_line=None, exit_code=None)
-            return record
-        finally:
-            record.load_s = time.monotonic() - load_t0
-        attach_capacity(record, cap)
-        record.result = capacity_result_of(cap)
-        try:
-            server.check(probe_http=True)
-        except EngineFailure as exc:
-            record.failure = exc.failure
-            return record
-        record.status = "stopped_early" if cap.bounded_by == "stopped" else "ok"
-        return record
-    except KeyboardInterrupt:
-        record.failure = Failure(kind="interrupted", message="the trial was interrupted (Ctrl-C or SIGTERM) and "
-                                 "recorded as failed", log_line=None, exit_code=None)
-        raise
-    finally:
-        if prepared is not None:
-            prepared.cancel()
-        if sampler is not None:
-            sampler.stop()
-            record.metrics = sampler.summary()
-        teardown_t0 = time.monotonic()
-        report = server.stop()
-        record.teardown_s = time.monotonic() - teardown_t0
-        record.teardown = report.to_dict()
-        if record.engine_start_s is None and server.start_s is not None:
-            record.engine_start_s = server.start_s
-        record.total_s = time.monotonic() - t0
-        save_record(record, run_dir / "trial.json")
+    options = CapacityOptions(
+        start_streams=settings.start_streams, max_streams=settings.max_streams, probe_s=settings.probe_s,
+        warmup_s=settings.warmup_s, tolerance=settings.tolerance, max_probes=settings.max_probes,
+        attainment_target=settings.attainment_target, on_probe=on_probe)
+    return run_trial(cfg, workload, run_dir, gpus=gpus, cpu_cores=cpu_cores, cache_dir=cache_dir,
+                     tokenizer_dir=tokenizer_dir, startup_timeout_s=startup_timeout_s, capacity=options)
 
 
 def save_record(rec: Any, path: Path) -> None:

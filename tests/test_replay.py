@@ -430,7 +430,9 @@ def test_vtune_replays_capacity_through_its_study_code(cap_table: replay.Table,
     assert run.launches == 8
     # the baselines come first: vLLM's defaults (one GPU, 1024 seqs snapped to 256) among them
     assert TP1_256 in [e.pid for e in run.events[:3]] and any(e.snapped for e in run.events[:3])
-    assert sum(e.observed is not None for e in run.events) >= 6
+    # the study's capacity pruner stops some searches at a probe that fails far below the best: no value seen
+    assert sum(e.observed is not None for e in run.events) >= 4
+    assert all(e.observed is not None or e.label == "" for e in run.events if not e.failed)  # baselines run out
     for e in run.events:
         if e.observed is not None:  # a capacity, as recorded (times the noise of a once-measured point)
             assert min(cap_table.values(e.pid)) * 0.8 < e.observed < max(cap_table.values(e.pid)) * 1.25

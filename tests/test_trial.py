@@ -185,3 +185,148 @@ def test_bench_prints_one_line_and_exits_2_on_a_stalled_load(
     else:
         lines = [ln for ln in out.out.splitlines() if "failed (load_stalled)" in ln]
         assert lines == ["#0 failed (load_stalled): " + str(stalled)]
+
+
+# --- the capacity path ---------------------------------------------------------------------
+
+
+class FakePrepared:
+    """What prepare_capacity_search returns: records whether it was cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@pytest.fixture
+def fake_capacity(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """run_trial's capacity search replaced: ``seen['behaviour'](kwargs)`` runs in its place."""
+    from tests.capacity_fakes import fake_search
+    from vtune.loads import _capacity, _capacity_probe
+
+    seen: dict[str, Any] = {"prepared": [], "calls": [], "true_streams": 12}
+
+    def prepare(url: str, tok: Path, workload: Any, out_dir: Path) -> FakePrepared:
+        seen["prepared"].append(FakePrepared())
+        seen["out_dir"] = out_dir
+        return seen["prepared"][-1]
+
+    def search(url: str, served: str, tok: Path, workload: Any, out_dir: Path, **kw: Any) -> Any:
+        seen["calls"].append({"served": served, **kw})
+        if "raise" in seen:
+            raise seen["raise"]
+        opts = trial_mod.CapacityOptions(start_streams=kw["start_streams"], max_streams=kw["max_streams"],
+                                         tolerance=kw["tolerance"], on_probe=kw["on_probe"])
+        return fake_search(seen["true_streams"], opts)
+
+    monkeypatch.setattr(_capacity_probe, "prepare_capacity_search", prepare)
+    monkeypatch.setattr(_capacity, "run_capacity_search", search)
+    return seen
+
+
+def _run_capacity(tmp_path: Path, engine: FakeEngine, options: trial_mod.CapacityOptions,
+                  duration_s: float | None = None) -> TrialRecord:
+    cfg = ServeConfig(model=str(tmp_path / "model"), max_num_seqs=8)
+    load = FakeLoad(_raise(AssertionError("a capacity trial runs no fixed load")))
+    return run_trial(cfg, load_workload("chatbot"), tmp_path / "trial", engine=engine, load=load, capacity=options,
+                     duration_s=duration_s)
+
+
+def test_capacity_trial_keeps_every_probe_and_the_probe_at_capacity(
+        tmp_path: Path, fake_capacity: dict[str, Any]) -> None:
+    engine = FakeEngine()
+    seen_probes: list[int] = []
+    options = trial_mod.CapacityOptions(start_streams=4, max_streams=32, tolerance=0.1,
+                                        on_probe=lambda p: seen_probes.append(p.streams) is None)
+    rec = _run_capacity(tmp_path, engine, options, duration_s=7.0)
+    assert rec.status == "ok" and rec.failure is None
+    assert rec.capacity is not None and rec.capacity.capacity_streams == 12
+    assert seen_probes == [p.streams for p in rec.capacity.probes] == [4, 8, 16, 12, 14, 13]
+    # the engine is checked after every probe, then probed over HTTP once at the end
+    assert engine.calls == ["start", "wait_ready", *["check"] * 6, "check+http", "stop"]
+    assert fake_capacity["calls"][0]["probe_s"] == 7.0  # duration_s is each probe's measured seconds
+    assert fake_capacity["calls"][0]["prepared"] is fake_capacity["prepared"][0]  # the child started early
+    assert fake_capacity["out_dir"] == tmp_path / "trial" / "capacity"
+    assert rec.result is not None and rec.result.requests_per_second == rec.capacity.requests_per_second == 6.0
+    saved = _saved(tmp_path)
+    assert [p["streams"] for p in saved["capacity"]["probes"]] == [4, 8, 16, 12, 14, 13]
+    again = TrialRecord.from_dict(saved)
+    assert again.capacity == rec.capacity
+    assert not fake_capacity["prepared"][0].cancelled  # the search ended its child
+
+
+def test_capacity_trial_stopped_by_its_probe_callback(tmp_path: Path, fake_capacity: dict[str, Any]) -> None:
+    options = trial_mod.CapacityOptions(start_streams=4, max_streams=32, on_probe=lambda p: p.slo_met)
+    rec = _run_capacity(tmp_path, FakeEngine(), options)
+    assert rec.status == "stopped_early" and rec.capacity is not None
+    assert rec.capacity.bounded_by == "stopped" and [p.streams for p in rec.capacity.probes] == [4, 8, 16]
+
+
+def test_an_engine_dying_mid_search_fails_the_trial_classified(tmp_path: Path,
+                                                                 fake_capacity: dict[str, Any]) -> None:
+    engine = FakeEngine()
+
+    def kill_after_two(p: Any) -> bool:
+        engine.dead = p.index >= 0  # dead from the next check on
+        return True
+
+    rec = _run_capacity(tmp_path, engine, trial_mod.CapacityOptions(start_streams=4, max_streams=32,
+                                                                    on_probe=kill_after_two))
+    assert rec.status == "failed" and rec.failure is not None and rec.failure.kind == "crash"
+    assert rec.capacity is None  # an unfinished search is no measurement
+
+
+@pytest.mark.parametrize("exc, kind", [
+    (LoadFailure("load_stalled", "GuideLLM did not finish capacity probe 1"), "load_stalled"),
+    (LoadFailure("load_error", "GuideLLM exited (code 1) during capacity probe 0"), "load_error"),
+    (VtuneError("something else broke"), "load_error"),
+])
+def test_load_tool_failures_of_the_search_are_classified(tmp_path: Path, fake_capacity: dict[str, Any],
+                                                         exc: Exception, kind: str) -> None:
+    fake_capacity["raise"] = exc
+    rec = _run_capacity(tmp_path, FakeEngine(), trial_mod.CapacityOptions())
+    assert rec.failure is not None and rec.failure.kind == kind and not rec.failure.blames_config
+
+
+def test_an_engine_that_never_starts_cancels_the_prepared_search(tmp_path: Path,
+                                                                 fake_capacity: dict[str, Any]) -> None:
+    class NeverReady(FakeEngine):
+        def wait_ready(self) -> StartupNumbers:
+            raise EngineFailure(Failure("timeout", "vLLM did not become ready"))
+
+    rec = _run_capacity(tmp_path, NeverReady(), trial_mod.CapacityOptions())
+    assert rec.failure is not None and rec.failure.kind == "timeout"
+    assert fake_capacity["prepared"][0].cancelled and fake_capacity["calls"] == []
+
+
+@pytest.mark.parametrize("target_rate", [None, 20.0])
+def test_bench_objective_capacity_json_and_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    fake_capacity: dict[str, Any], target_rate: float | None,
+) -> None:
+    monkeypatch.setattr(trial_mod, "run_trial", functools.partial(trial_mod.run_trial, engine=FakeEngine()))
+    (tmp_path / "model").mkdir()
+    argv = ["bench", "--model", str(tmp_path / "model"), "--run-dir", str(tmp_path / "run"), "--objective",
+            "capacity", *(["--target-rate", str(target_rate)] if target_rate else [])]
+    engine_flags = ["--", "--max-num-seqs", "16"]
+    assert cli_main([*argv, "--json", *engine_flags]) == 0
+    out = json.loads(capsys.readouterr().out)
+    cap = out["capacity"]
+    call = fake_capacity["calls"][-1]
+    assert (call["start_streams"], call["max_streams"]) == (8, 32)  # the workload's 8 streams, 2 x max-num-seqs
+    assert cap["concurrency"] == 12 and cap["requests_per_second"] == 6.0 and cap["num_gpus"] == 1
+    assert [p["streams"] for p in cap["probes"]] == [8, 16, 12, 14]  # the CPU engine bisects to 25%
+    if target_rate:
+        assert (cap["target_rate_rps"], cap["replicas"], cap["gpus"]) == (20.0, 4, 4)  # ceil(20 / 6)
+    else:
+        assert "replicas" not in cap
+    assert cli_main([*argv, *engine_flags]) == 0
+    table = capsys.readouterr().out
+    assert "8+ 16- 12+ 14-" in table and "streams" in table and "TTFT p90 ms" in table
+
+
+def test_bench_target_rate_needs_capacity(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["bench", "--target-rate", "5"]) == 2
+    assert "--target-rate needs --objective capacity" in capsys.readouterr().err

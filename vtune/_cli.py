@@ -226,6 +226,38 @@ def _bench_table(records: list[Any], labels: list[str]) -> str:
     return _table(rows, header)
 
 
+def _capacity_table(records: list[Any], labels: list[str], target_rate_rps: float | None = None) -> str:
+    """``bench --objective capacity``: each configuration's capacity side by side."""
+    from vtune._serve_config import ServeConfig
+    from vtune._trial import capacity_summary
+
+    def p90(pct: Any) -> str:
+        return "-" if pct is None or pct.p90 is None or pct.p90 != pct.p90 else f"{pct.p90:.0f}"
+
+    rows = []
+    for label, rec in zip(labels, records, strict=True):
+        cap = rec.capacity
+        row = [label, rec.status if not rec.failure else f"FAILED {rec.failure.kind}"]
+        if cap is None:
+            row += ["-"] * (8 + (target_rate_rps is not None))
+        else:
+            row += [str(cap.capacity_streams), f"{cap.requests_per_second:.2f}", f"{cap.output_tokens_per_second:.1f}",
+                    p90(cap.ttft_ms), p90(cap.itl_ms), " ".join(f"{q.streams}{'+' if q.slo_met else '-'}"
+                                                               for q in cap.probes),
+                    cap.bounded_by, f"{cap.wall_s:.0f}"]
+            if target_rate_rps is not None:
+                summary = capacity_summary(cap, num_gpus=ServeConfig.from_dict(rec.config).num_gpus,
+                                           target_rate_rps=target_rate_rps)
+                row.append("cannot" if summary["gpus"] is None else f"{summary['gpus']} ({summary['replicas']} x "
+                           f"{summary['num_gpus']})")
+        rows.append(row)
+    header = ["config", "status", "streams", "req/s", "out tok/s", "TTFT p90 ms", "ITL p90 ms", "probes (+ met)",
+              "bounded by", "search s"]
+    if target_rate_rps is not None:
+        header.append(f"GPUs for {target_rate_rps:g} req/s")
+    return _table(rows, header)
+
+
 def _config_file_args(path: str) -> tuple[str | None, list[str], dict[str, str]]:
     """A ``vllm serve --config`` file: its model, ``--config PATH``, and the env file beside it."""
     from pathlib import Path
@@ -259,9 +291,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from vtune._target import apply_engine_defaults, resolve_model, resolve_target
     from vtune._trial import record_summary, run_trial
     from vtune._workload import load_workload
+    from vtune.study._settings import check_target_rate
 
     if args.duration_s is not None and args.duration_s <= 0:
         raise VtuneError(f"--duration-s must be > 0, got {args.duration_s}")
+    rate = check_target_rate(args.target_rate)
+    if rate is not None and args.objective != "capacity":
+        raise VtuneError("--target-rate needs --objective capacity: the servers for a rate come from the capacity")
     workload = _with_concurrency(load_workload(args.workload), args.concurrency)
     target = resolve_target(args.gpus)
     common = _split_dashdash(list(args.vllm_args))
@@ -290,20 +326,36 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"  {label} {p} ...", flush=True)
 
+        capacity = _bench_capacity(cfg, workload, target.device) if args.objective == "capacity" else None
         records.append(run_trial(cfg, workload, run_dir, gpus=gpus, duration_s=args.duration_s,
-                                 cache_dir=root / "cache", on_phase=phase))
+                                 cache_dir=root / "cache", on_phase=phase, capacity=capacity))
     if args.json:
-        objs = [record_summary(r) for r in records]
+        objs = [record_summary(r, target_rate_rps=rate) for r in records]
         _print_json(objs[0] if len(objs) == 1 else {"configs": objs})
     else:
         print(f"\nworkload {workload.name} on {target.describe()}")
-        print(_bench_table(records, labels))
+        print(_capacity_table(records, labels, rate) if args.objective == "capacity" else _bench_table(records, labels))
         for label, rec in zip(labels, records, strict=True):
             if rec.failure:
                 line = f"  log line: {rec.failure.log_line}" if rec.failure.log_line else ""
                 print(f"{label} failed ({rec.failure.kind}): {rec.failure.message}{line}")
         print(f"runs kept under {root}")
     return 2 if any(r.failure for r in records) else 0
+
+
+def _bench_capacity(cfg: Any, workload: Any, device: str) -> Any:
+    """``bench --objective capacity``'s search, as a study's first trial would run it.
+
+    From the workload's streams (``--concurrency``), within the configuration's batch
+    (max-num-seqs x DP, searched up to twice that).
+    """
+    from vtune._trial import CapacityOptions
+    from vtune.study._capacity import CPU_TOLERANCE, GPU_TOLERANCE, search_bounds
+
+    start, most = search_bounds(cfg, None, workload.load.streams, None,
+                                workload.prompt_tokens.mean + workload.output_tokens.mean)
+    return CapacityOptions(start_streams=start, max_streams=most,
+                           tolerance=CPU_TOLERANCE if device == "cpu" else GPU_TOLERANCE)
 
 
 # ----------------------------------------------------------------------- study
@@ -333,7 +385,7 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         objectives=args.objectives, gpus=args.gpus, space_file=args.space, concurrency=args.concurrency,
         name=args.study, duration_s=args.duration_s, strict_memory=args.strict_memory,
         remeasure_top_k=args.remeasure, enqueue=args.enqueue, seed=args.seed, studies_dir=args.studies_dir,
-        configs_dir=args.configs_dir,
+        configs_dir=args.configs_dir, target_rate_rps=args.target_rate,
     )
 
 
@@ -374,6 +426,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
         print("no trial finished with a result yet")
         return 1
     print(f"best: {summary.best_text}\n  {summary.best_flags}")
+    if summary.best_capacity_streams is not None:
+        print(f"  capacity {summary.best_capacity_streams} concurrent streams within the SLOs")
+    if summary.target_rate_line:
+        print(f"  {summary.target_rate_line}")
     if summary.remeasure_skipped:
         print(f"re-measurement skipped ({summary.remeasure_skipped}): the time left under --timeout would not "
               "cover one more measurement" + (f"; re-measured trial(s) {summary.remeasured}" if summary.remeasured
@@ -496,17 +552,25 @@ def _open_existing(args: argparse.Namespace) -> tuple[Any, Any, str]:
 def _cmd_best(args: argparse.Namespace) -> int:
     from vtune._serve_config import ServeConfig
     from vtune.study._export import best_record, dump_json
+    from vtune.study._settings import check_target_rate
 
     study, settings, _ = _open_existing(args)
-    record = best_record(study, settings, args.pick)  # means over the configuration's measurements
+    rate = check_target_rate(args.target_rate)
+    if rate is not None and not any(o.is_capacity for o in settings.objectives):
+        raise VtuneError(f"--target-rate: study {args.study} measured no capacity (objectives "
+                         f"{','.join(o.name for o in settings.objectives)}); run a study with --objectives capacity")
+    record = best_record(study, settings, args.pick, rate)  # means over the configuration's measurements
     if record is None:
         raise VtuneError(f"--study {args.study}: no finished trial yet")
     cfg = ServeConfig.from_dict(record["config"])
+    line = record.get("target_rate_line")
     if args.format == "yaml":
         env = "".join(f"# env: {k}={v}\n" for k, v in sorted(cfg.env.items()))
-        print(env + cfg.replace(env={}).to_yaml(), end="")
+        print((f"# {line}\n" if line else "") + env + cfg.replace(env={}).to_yaml(), end="")
     elif args.format == "flags":
         print(cfg.to_flags_line())
+        if line:  # stdout stays the one flags line
+            print(line, file=sys.stderr)
     else:
         print(dump_json(record))
     return 0
@@ -710,7 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure one configuration (or several side by side) on a real engine",
                        description="Launch vllm serve with the given flags, drive it with the workload's GuideLLM "
-                                   "load, print throughput, latency percentiles and goodput. Exit 2 on failure.")
+                                   "load, print throughput, latency percentiles and goodput (or, with --objective "
+                                   "capacity, the highest load meeting the SLOs). Exit 2 on failure.")
     p.add_argument("--model", help="local model directory (default on a machine with no GPU: the built-in model)")
     p.add_argument("--workload", default="chatbot", help="built-in name (chatbot, batch, interactive, "
                    "long-context, reasoning), a workload YAML, or a JSONL file of prompts")
@@ -722,7 +787,13 @@ def build_parser() -> argparse.ArgumentParser:
                         '-- is a set; --compare=FLAGS repeated works too; flags after -- apply to all)')
     p.add_argument("--config", help="a vllm serve --config YAML (e.g. configs/<study>.yaml) served as is; the .env "
                    "file beside it is applied")
-    p.add_argument("--concurrency", type=int, help="concurrent streams of the workload's load (override)")
+    p.add_argument("--concurrency", type=int, help="concurrent streams of the workload's load (override); with "
+                   "--objective capacity, the search's first probe")
+    p.add_argument("--objective", choices=("goodput", "capacity"), default="goodput",
+                   help="goodput (default): the workload's fixed load; capacity: search the highest load meeting the "
+                        "SLOs (probes of --duration-s seconds each)")
+    p.add_argument("--target-rate", type=float, metavar="RPS", help="with --objective capacity: how many servers "
+                   "(and GPUs) serve this many requests/s within the SLOs")
     p.add_argument("--run-dir", help="folder for logs and reports (default: runs/bench-<time>)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then vllm serve flags")
@@ -740,11 +811,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_study_location(p, required=False)
     p.add_argument("--n-trials", type=int, default=10, help="trials in all, resumed ones included (default 10)")
     p.add_argument("--timeout", help="wall-time budget in all, e.g. 3600, 90m, 2h")
-    p.add_argument("--objectives", default="goodput", help="goodput (default), throughput, requests, or a latency "
-                   "percentile like ttft_p99; two or more comma-separated for a Pareto study")
+    p.add_argument("--objectives", default=None, help="capacity (default: requests/s at the highest load meeting "
+                   "the SLOs, found by a search per trial), capacity_per_gpu, or at the fixed load (--concurrency): "
+                   "goodput, throughput, requests, a latency percentile like ttft_p99; two or more comma-separated "
+                   "for a Pareto study (latencies then at capacity)")
+    p.add_argument("--target-rate", type=float, metavar="RPS", help="requests/s to serve within the SLOs: prefer the "
+                   "configuration needing the fewest GPUs for it (replicas x GPUs each; needs a capacity objective)")
     p.add_argument("--space", help="YAML file that fixes, narrows, widens or adds dimensions (see README)")
-    p.add_argument("--duration-s", type=float, help="measured load seconds per trial (default: the workload's)")
-    p.add_argument("--concurrency", type=int, help="concurrent streams of the workload's load (override)")
+    p.add_argument("--duration-s", type=float, help="measured load seconds per trial; with a capacity objective, "
+                   "per probe (default: the workload's, per step)")
+    p.add_argument("--concurrency", type=int, help="concurrent streams of the workload's load (override); with a "
+                   "capacity objective, where the first search starts")
     p.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: all found)")
     p.add_argument("--max-concurrent-trials", type=int, default=None,
                    help="trials run at once on disjoint GPUs (or CPU cores); default: as many as fill the node "
@@ -809,6 +886,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("yaml", "flags", "json"), default="flags")
     p.add_argument("--pick", help="with several objectives: e.g. 'ttft_p99<500' picks the best first objective "
                    "among Pareto trials meeting it")
+    p.add_argument("--target-rate", type=float, metavar="RPS", help="requests/s to serve within the SLOs: the "
+                   "configuration needing the fewest GPUs for it (default: the study's --target-rate)")
     p.set_defaults(func=_cmd_best)
 
     p = sub.add_parser("report", help="write a Markdown report with tables and plots for a study")

@@ -63,7 +63,7 @@ def test_e2e_two_trials_run_at_the_same_time_on_disjoint_cpu_cores(tmp_path):
         pytest.skip(f"needs 2 CPU cores to pack two trials, this process may use {len(cpu_cores())}")
     # No --max-concurrent-trials: the default fills the node (one core per trial on the CPU engine).
     cmd = [sys.executable, "-m", "vtune", "study", "--study", NAME, "--n-trials", "2", "--duration-s", "6",
-           "--remeasure", "0", "--seed", "1"]
+           "--remeasure", "0", "--seed", "1", "--objectives", "goodput"]  # the fixed load: bounded trial time
     log = open(tmp_path / "study.log", "w")
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     seen_together: list[dict[int, set[int]]] = []

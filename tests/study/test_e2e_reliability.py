@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 
 def study_cmd(name: str, n_trials: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "vtune", "study", "--study", name, "--workload", "chatbot", "--n-trials",
-            str(n_trials), "--remeasure", "0", "--seed", "1", *extra]
+            str(n_trials), "--remeasure", "0", "--seed", "1", "--objectives", "goodput", *extra]  # fixed load
 
 
 def trials(db: Path) -> dict[int, tuple[str, dict]]:

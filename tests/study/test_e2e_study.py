@@ -20,17 +20,21 @@ from vtune.engines._vllm import find_free_port
 pytestmark = pytest.mark.e2e
 
 NAME = "ci-study"
+ROOT = Path(__file__).resolve().parents[2]
+#: The subprocesses import this checkout (the module-scoped fixture runs before conftest's PYTHONPATH fixture).
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
 
 
 def study_cmd(workdir: Path, n_trials: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "vtune", "study", "--study", NAME, "--n-trials", str(n_trials),
             "--duration-s", "6", "--remeasure", "0", "--seed", "1", "--max-concurrent-trials", "1",
+            "--objectives", "goodput",  # the fixed load: this test asserts its steps and the goodput report
             "--enqueue", "--max-model-len 100000", *extra]
 
 
 def run(workdir: Path, n_trials: int, *extra: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
     return subprocess.run(study_cmd(workdir, n_trials, *extra), cwd=workdir, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=ENV)
 
 
 def trials(workdir: Path) -> list[tuple[int, str]]:

@@ -87,6 +87,7 @@ def test_the_cli_says_when_remeasurement_was_skipped_for_time(tmp_path: Path, mo
     monkeypatch.setattr(study_mod, "run_study",
                         lambda settings, **kw: real(settings, trial_fn=slow_trial(1000.0), **kw))
     code = main(["study", "--study", "cli", "--n-trials", "3", "--timeout", "5m", "--remeasure", "1",
+                 "--objectives", "goodput",  # the fake trial measures a fixed load
                  "--max-concurrent-trials", "1", "--studies-dir", str(tmp_path / "studies"),
                  "--configs-dir", str(tmp_path / "configs"), "--duration-s", "1"])
     out = capsys.readouterr().out

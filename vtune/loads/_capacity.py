@@ -65,6 +65,7 @@ probes in 39 s (capacity 2), see ``tests/loads/test_e2e_capacity.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -78,7 +79,7 @@ from vtune._errors import VtuneError
 from vtune._workload import Slo, Workload
 from vtune.loads._capacity_probe import PreparedCapacitySearch, prepare_capacity_search
 from vtune.loads._guidellm_report import read_guidellm_report
-from vtune.loads._results import BenchmarkSamples, Percentiles, percentile, summarize
+from vtune.loads._results import BenchmarkSamples, Percentiles, TrialResult, percentile, summarize
 
 __all__ = [
     "BOUNDS",
@@ -185,6 +186,36 @@ def judge(benches: Sequence[BenchmarkSamples], slo: Slo, attainment_target: floa
 
 # ----------------------------------------------------------------------------- types
 
+#: How :func:`_read_fields` reads a field, by its annotation.
+_READERS: dict[str, Callable[[Any], Any]] = {
+    "int": int, "float": float, "bool": bool, "str": str,
+    "str | None": lambda v: None if v is None else str(v),
+    "float | None": lambda v: None if v is None else float(v),
+    "Percentiles": lambda v: Percentiles.from_dict(v),
+    "dict[str, float | None]": lambda v: {str(k): None if x is None else float(x) for k, x in v.items()},
+    "dict[str, dict[str, float]]": lambda v: {str(k): {str(a): float(b) for a, b in x.items()} for k, x in v.items()},
+    "list[Probe]": lambda v: [Probe.from_dict(p) for p in v],
+}
+
+
+def _read_fields(cls: Any, data: Mapping[str, Any], *, skip: Sequence[str] = (),
+                 required: Sequence[str] = ()) -> dict[str, Any]:
+    """The dataclass ``cls``'s fields read from ``data`` by their annotations (:data:`_READERS`).
+
+    A field with a default may be missing (the default then applies), unless ``required``
+    names it; one without is required (KeyError). Bad values raise TypeError/ValueError.
+    """
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        optional = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        if optional and f.name not in data and f.name not in required:
+            continue
+        out[f.name] = _READERS[str(f.type)](data[f.name])
+    return out
+
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -280,27 +311,7 @@ class Probe:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Probe:
         """Reads a mapping written by :meth:`to_dict` (KeyError/TypeError/ValueError if bad)."""
-        return cls(
-            index=int(data["index"]),
-            streams=int(data["streams"]),
-            slo_met=bool(data["slo_met"]),
-            fail_reason=None if data["fail_reason"] is None else str(data["fail_reason"]),
-            slo_attainment=float(data["slo_attainment"]),
-            slo_observed_ms={str(k): None if v is None else float(v) for k, v in data["slo_observed_ms"].items()},
-            requests_per_second=float(data["requests_per_second"]),
-            output_tokens_per_second=float(data["output_tokens_per_second"]),
-            goodput_requests_per_second=float(data["goodput_requests_per_second"]),
-            ttft_ms=Percentiles.from_dict(data["ttft_ms"]),
-            itl_ms=Percentiles.from_dict(data["itl_ms"]),
-            tpot_ms=Percentiles.from_dict(data["tpot_ms"]),
-            e2e_latency_ms=Percentiles.from_dict(data["e2e_latency_ms"]),
-            requests=int(data["requests"]),
-            errored_requests=int(data["errored_requests"]),
-            incomplete_requests=int(data["incomplete_requests"]),
-            seconds=float(data["seconds"]),
-            wall_s=float(data.get("wall_s", 0.0)),
-            report_path=str(data.get("report_path", "")),
-        )
+        return cls(**_read_fields(cls, data))
 
 
 _DESCRIPTION = {
@@ -386,6 +397,28 @@ class CapacityResult:
         found = [p for p in self.probes if p.slo_met and p.streams == self.capacity_streams]
         return found[-1] if found else None
 
+    def to_trial_result(self) -> TrialResult | None:
+        """The fixed-load result of the probe at capacity (what a trial's ``result`` holds).
+
+        When no probe met the SLOs it is the probe at the fewest streams (what the
+        configuration served at the lightest load tried); None when the search ran no
+        probe. A latency objective of a capacity study reads it: the latency at capacity.
+        """
+        probe = self.capacity_probe or (min(self.probes, key=lambda q: q.streams) if self.probes else None)
+        if probe is None:
+            return None
+        limits = {k: float(v.get("max_ms", math.inf)) for k, v in (self.slo or {}).items()}
+        met = {k: v is not None and v <= limits.get(k, math.inf) for k, v in probe.slo_observed_ms.items()}
+        return TrialResult(
+            output_tokens_per_second=probe.output_tokens_per_second, requests_per_second=probe.requests_per_second,
+            goodput_requests_per_second=probe.goodput_requests_per_second, ttft_ms=probe.ttft_ms,
+            itl_ms=probe.itl_ms, tpot_ms=probe.tpot_ms, e2e_latency_ms=probe.e2e_latency_ms,
+            successful_requests=probe.requests, errored_requests=probe.errored_requests,
+            incomplete_requests=probe.incomplete_requests, duration_s=probe.seconds,
+            slo_attainment=probe.slo_attainment, slo_met=met, slo_observed_ms=dict(probe.slo_observed_ms),
+            raw_report_paths=[probe.report_path] if probe.report_path else [], steps=1,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-ready mapping (the content of ``capacity_result.json``)."""
         out: dict[str, Any] = {"schema_version": self.schema_version, "description": dict(_DESCRIPTION)}
@@ -412,32 +445,8 @@ class CapacityResult:
             raise VtuneError(f"capacity result has schema_version {version!r}, expected {SCHEMA_VERSION}; "
                              "rerun the capacity search")
         try:
-            target = data.get("attainment_target")
-            return cls(
-                capacity_streams=int(data["capacity_streams"]),
-                requests_per_second=float(data["requests_per_second"]),
-                output_tokens_per_second=float(data["output_tokens_per_second"]),
-                goodput_requests_per_second=float(data["goodput_requests_per_second"]),
-                ttft_ms=Percentiles.from_dict(data["ttft_ms"]),
-                itl_ms=Percentiles.from_dict(data["itl_ms"]),
-                tpot_ms=Percentiles.from_dict(data["tpot_ms"]),
-                e2e_latency_ms=Percentiles.from_dict(data["e2e_latency_ms"]),
-                slo_attainment=float(data["slo_attainment"]),
-                bounded_by=str(data["bounded_by"]),
-                probes=[Probe.from_dict(p) for p in data["probes"]],
-                workload=str(data.get("workload", "")),
-                slo={str(k): {str(a): float(b) for a, b in v.items()} for k, v in data.get("slo", {}).items()},
-                slo_rule=str(data.get("slo_rule", "percentile")),
-                attainment_target=None if target is None else float(target),
-                start_streams=int(data.get("start_streams", 0)),
-                max_streams=int(data.get("max_streams", 0)),
-                tolerance=float(data.get("tolerance", 0.0)),
-                max_probes=int(data.get("max_probes", 0)),
-                probe_s=float(data.get("probe_s", 0.0)),
-                warmup_s=float(data.get("warmup_s", 0.0)),
-                wall_s=float(data.get("wall_s", 0.0)),
-                schema_version=int(version),
-            )
+            return cls(**_read_fields(cls, data, skip=("schema_version",), required=("probes",)),
+                       schema_version=int(version))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise VtuneError(f"capacity result is missing or has a bad field ({exc!r}); "
                              "rerun the capacity search") from None

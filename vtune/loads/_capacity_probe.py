@@ -35,10 +35,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from vtune._errors import VtuneError
 from vtune._workload import LoadProfile, PromptRecord, Workload
 from vtune.engines._process import spawn_group
-from vtune.loads._guidellm import _Child, _child_env
+from vtune.loads._base import LoadFailure
+from vtune.loads._guidellm import _Child, _child_env, _child_paths
 from vtune.loads._guidellm_child import PROTO_PREFIX as _PROTO_PREFIX
 from vtune.loads._guidellm_child import _data_args, _use_forkserver
 
@@ -99,7 +99,8 @@ class PreparedCapacitySearch:
         """Runs one probe and returns the path of its GuideLLM report.
 
         Raises:
-            VtuneError: GuideLLM failed, exited, or did not answer in time.
+            LoadFailure: GuideLLM failed or exited (``load_error``), or did not answer in
+                time (``load_stalled``).
         """
         if not self.started:
             raise RuntimeError("PreparedCapacitySearch.probe() before go()")
@@ -111,18 +112,20 @@ class PreparedCapacitySearch:
             try:
                 event = self.child.next_event(deadline_s)
             except TimeoutError:
-                raise VtuneError(
+                raise LoadFailure(
+                    "load_stalled",
                     f"GuideLLM did not finish capacity probe {index} ({streams} streams) within "
                     f"{deadline_s:.0f} s; see {self.log_path}"
                 ) from None
             if event is None:
                 code = self.child.proc.wait(timeout=30)
-                raise VtuneError(
-                    f"GuideLLM exited (code {code}) during capacity probe {index}; see {self.log_path}"
+                raise LoadFailure(
+                    "load_error", f"GuideLLM exited (code {code}) during capacity probe {index}; see {self.log_path}"
                 )
             kind = event.get("event")
             if kind == "error":
-                raise VtuneError(f"GuideLLM capacity probe failed: {event.get('message')}; see {self.log_path}")
+                raise LoadFailure("load_error",
+                                  f"GuideLLM capacity probe failed: {event.get('message')}; see {self.log_path}")
             if kind == "probe" and int(event.get("index", -1)) == index:
                 return Path(event["path"])
 
@@ -154,16 +157,7 @@ def prepare_capacity_search(
     Raises:
         VtuneError: No tokenizer files in ``tokenizer_dir``.
     """
-    tokenizer_dir = Path(tokenizer_dir).expanduser().resolve()
-    if not (tokenizer_dir / "tokenizer_config.json").is_file() and not (tokenizer_dir / "tokenizer.json").is_file():
-        raise VtuneError(f"no tokenizer files in {tokenizer_dir}; pass the served model's local folder")
-    out_dir = Path(out_dir).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("capacity-probe-*.json"):
-        stale.unlink()
-    url = target_url.rstrip("/")
-    if url.endswith("/v1"):
-        url = url[: -len("/v1")]
+    tokenizer_dir, out_dir, url = _child_paths(target_url, tokenizer_dir, out_dir, "capacity-probe-*.json")
     spec = {
         "schema_version": SCHEMA_VERSION,
         "description": (

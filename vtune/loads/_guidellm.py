@@ -217,6 +217,26 @@ class PreparedLoad:
         self.child.stop(grace_s=5.0)
 
 
+def _child_paths(target_url: str, tokenizer_dir: Path, out_dir: Path, stale: str) -> tuple[Path, Path, str]:
+    """What a GuideLLM child is given: tokenizer folder, output folder and the server's base URL.
+
+    Shared by this load's child and the capacity search's: the tokenizer folder resolved,
+    the output folder created (files matching ``stale`` removed), ``/v1`` dropped from the URL.
+
+    Raises:
+        VtuneError: No tokenizer files in ``tokenizer_dir``.
+    """
+    tokenizer_dir = Path(tokenizer_dir).expanduser().resolve()
+    if not (tokenizer_dir / "tokenizer_config.json").is_file() and not (tokenizer_dir / "tokenizer.json").is_file():
+        raise VtuneError(f"no tokenizer files in {tokenizer_dir}; pass the served model's local folder")
+    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob(stale):
+        old.unlink()
+    url = target_url.rstrip("/")
+    return tokenizer_dir, out_dir, url[: -len("/v1")] if url.endswith("/v1") else url
+
+
 def prepare_load(
     target_url: str, tokenizer_dir: Path, workload: Workload, out_dir: Path, *, duration_s: float | None = None
 ) -> PreparedLoad:
@@ -229,16 +249,7 @@ def prepare_load(
         VtuneError: No tokenizer files in ``tokenizer_dir``.
     """
     wl = workload.with_duration(duration_s) if duration_s is not None else workload
-    tokenizer_dir = Path(tokenizer_dir).expanduser().resolve()
-    if not (tokenizer_dir / "tokenizer_config.json").is_file() and not (tokenizer_dir / "tokenizer.json").is_file():
-        raise VtuneError(f"no tokenizer files in {tokenizer_dir}; pass the served model's local folder")
-    out_dir = Path(out_dir).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("guidellm-step-*.json"):
-        stale.unlink()
-    url = target_url.rstrip("/")
-    if url.endswith("/v1"):
-        url = url[: -len("/v1")]
+    tokenizer_dir, out_dir, url = _child_paths(target_url, tokenizer_dir, out_dir, "guidellm-step-*.json")
     spec = {
         "schema_version": SCHEMA_VERSION,
         "description": "input of `python -m vtune.loads._guidellm_child`: one GuideLLM load, in steps",

@@ -4,7 +4,8 @@ Modules by concern: :mod:`._settings` (what defines a study, ``build_settings``)
 :mod:`._storage` (storages, heartbeats, stale trials, the claim lock), :mod:`._baselines`
 (and what the sampler learns from them), :mod:`._runner` (one trial), :mod:`._packing`
 (trials at once on disjoint GPUs/cores), :mod:`._locks` (machine-wide GPU/core leases),
-:mod:`._budget` (which trials spend ``--n-trials``), :mod:`._signals` (SIGINT/SIGTERM/SIGHUP
+:mod:`._budget` (which trials spend ``--n-trials``), :mod:`._capacity` (a capacity study's search
+bounds, early-stop savings and target rate), :mod:`._signals` (SIGINT/SIGTERM/SIGHUP
 stop a study cleanly), :mod:`._selection` (configuration means, best, pick), :mod:`._pruner`,
 :mod:`._remeasure` (the end-of-study re-measurements, inside the time budget),
 :mod:`._export` (configs/ files, ``best`` JSON, summary), :mod:`._submit` (Slurm/PBS), and
@@ -39,14 +40,25 @@ if TYPE_CHECKING:
         counts_toward_budget,
         requeue_baselines,
     )
+    from vtune.study._capacity import (
+        best_capacity_streams,
+        capacity_options,
+        gpu_seconds_saved,
+        mean_capacity,
+        rate_answer,
+        search_bounds,
+        target_rate_order,
+    )
     from vtune.study._export import (
         StudySummary,
         best_record,
+        capacity_record,
         dump_json,
         export_best,
         json_safe,
         mean_result_dict,
         summarize,
+        target_rate_line,
     )
     from vtune.study._locks import LOCK_DIR_ENV, UnitLocks, lock_dir
     from vtune.study._packing import (
@@ -91,6 +103,7 @@ if TYPE_CHECKING:
         SCHEMA_VERSION,
         StudySettings,
         build_settings,
+        check_target_rate,
         default_study_name,
         load_settings,
     )
@@ -116,6 +129,16 @@ if TYPE_CHECKING:
     from vtune.study._submit import walltime_hms, worker_job_script
 
 _HOME = {
+    "best_capacity_streams": "vtune.study._capacity",
+    "capacity_options": "vtune.study._capacity",
+    "capacity_record": "vtune.study._export",
+    "check_target_rate": "vtune.study._settings",
+    "gpu_seconds_saved": "vtune.study._capacity",
+    "mean_capacity": "vtune.study._capacity",
+    "rate_answer": "vtune.study._capacity",
+    "search_bounds": "vtune.study._capacity",
+    "target_rate_line": "vtune.study._export",
+    "target_rate_order": "vtune.study._capacity",
     "ATTR": "vtune.study._settings",
     "BudgetSpent": "vtune.study._budget",
     "CPU_TRIAL_OVERHEAD_GIB": "vtune.study._packing",
@@ -202,6 +225,8 @@ _HOME = {
     "worker_target": "vtune.study._study",
 }
 __all__ = [
+    "best_capacity_streams", "capacity_options", "capacity_record", "check_target_rate", "gpu_seconds_saved",
+    "mean_capacity", "rate_answer", "search_bounds", "target_rate_line", "target_rate_order",
     "ATTR", "BudgetSpent", "CPU_TRIAL_OVERHEAD_GIB", "Configuration", "EXIT_CODES", "GPU_MEMORY_TOLERANCE_MIB",
     "GPU_MEMORY_WAIT_S", "GRACE_PERIOD_S", "GpuMemoryNotBack", "HEARTBEAT_INTERVAL_S", "InSpaceSampler",
     "LOAD_FAILURES", "LOCK_DIR_ENV", "LeaseAborted", "MAX_LOAD_FAILURES_IN_A_ROW", "NOT_COUNTED_FAILURES",

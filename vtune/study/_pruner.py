@@ -1,4 +1,4 @@
-"""The noise-aware early-stopping pruner."""
+"""The noise-aware early-stopping pruner (fixed-load steps and capacity probes)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial, TrialState
 
+from vtune.loads._capacity import Probe
 from vtune.study._selection import configurations, is_feasible, measured_noise
 
 __all__ = ["NoiseAwarePruner"]
@@ -28,6 +29,9 @@ class NoiseAwarePruner(BasePruner):
     machine measured a log-sd of 0.34: there the pruner allows ~70%, where a
     fixed 15% cut three in four trials, the best among them. Baseline and
     multi-objective trials are never pruned.
+
+    A capacity trial has no steps: :meth:`prune_capacity` judges each probe of its
+    search instead.
 
     Args:
         noise_rel: Smallest relative noise allowed for.
@@ -74,3 +78,38 @@ class NoiseAwarePruner(BasePruner):
         if maximize:
             return mean * (1 + noise) + self.z * stderr < best
         return mean * max(0.0, 1 - noise) - self.z * stderr > best
+
+    def prune_capacity(self, study: optuna.Study, trial: optuna.Trial | FrozenTrial, probe: Probe, *,
+                       num_gpus: int = 1, per_gpu: bool = False) -> bool:
+        """Whether a capacity trial should stop at ``probe``: it shows the trial cannot beat the best.
+
+        True at a failing probe whose streams lie below the best configuration's capacity
+        (the mean of its measurements, in streams; per GPU for ``capacity_per_gpu``, this
+        trial's streams then divided by ``num_gpus``) less the noise allowance (the larger
+        of ``noise_rel`` and two standard deviations of the study's measured noise, as for
+        steps): its capacity is below that probe, so below the best beyond the noise.
+        Passing probes never stop a trial, nor do baselines, multi-objective studies, or a
+        study with fewer than ``n_startup_trials`` finished trials.
+
+        Args:
+            study: The study.
+            trial: The running trial (its ``baseline`` user attribute is read).
+            probe: The probe just measured.
+            num_gpus: GPUs one server of the trial's configuration uses.
+            per_gpu: Compare streams per GPU (a ``capacity_per_gpu`` study).
+        """
+        from vtune.study._capacity import best_capacity_streams
+
+        if probe.slo_met or len(study.directions) > 1 or trial.user_attrs.get("baseline"):
+            return False
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        finished = [t for t in done if t.value is not None and is_feasible(t)]
+        if len(finished) < self.n_startup_trials:
+            return False
+        best = best_capacity_streams(study, per_gpu=per_gpu)
+        if best is None:
+            return False
+        sd = measured_noise(finished, study.user_attrs.get("remeasurements"))
+        noise = max(self.noise_rel, 2 * sd) if sd is not None else self.noise_rel
+        streams = probe.streams / max(1, num_gpus) if per_gpu else float(probe.streams)
+        return streams < best * (1 - noise)

@@ -90,14 +90,17 @@ def remeasure(study: optuna.Study, settings: StudySettings, runner: _Runner, *, 
         # The same resources as the trials had (one lease of the pool when they were packed).
         gpus, cores, lease = runner.lease(cfg)
         extra: dict[str, Any] = {"cpu_cores": cores} if cores is not None else {}
+        options = runner.capacity_options(cfg)  # a capacity study re-measures capacity (never stopped early)
+        if options is not None:
+            extra["capacity"] = options
         try:
             rec = runner.trial_fn(cfg, settings.workload, run_dir, gpus=gpus, duration_s=settings.duration_s,
                                   cache_dir=runner.cache_dir, **extra)
         finally:
             runner.release(lease)
-        if rec.result is None:
+        if rec.result is None or (options is not None and rec.capacity is None):
             continue
-        values = [o.value(rec.result) for o in settings.objectives]
+        values = runner.values_of(rec, cfg)
         done[str(t.number)] = [float(t.values[0]), values[0]]
         study.set_user_attr("remeasurements", done)
         out.remeasured.append(t.number)

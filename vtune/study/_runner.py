@@ -3,6 +3,11 @@
 Each trial: sample -> pre-launch checks (PRUNED at zero launches) -> lease of GPUs/cores ->
 real engine and load in steps, each step reported to the pruner -> result, SLO constraints,
 artifacts under ``studies/<name>/trials/<n>/``; every real start calibrates the memory model.
+
+In a capacity study (:func:`vtune._objectives.measures_capacity`) the load is the
+capacity search instead (:mod:`vtune.study._capacity`: its start and cap from what the
+study knows); each probe goes to the pruner's ``prune_capacity``, the whole search is
+kept as the trial's ``capacity`` user attribute, and no SLO constraint is set.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from vtune._checks import first_error, precheck
 from vtune._errors import VtuneError
 from vtune._memory import Calibration, estimate_memory
 from vtune._model_shape import ModelShape
-from vtune._objectives import Objective, objective_summary, slo_constraints
+from vtune._objectives import Objective, measures_capacity, objective_summary, objective_values, slo_constraints
 from vtune._serve_config import ServeConfig
 from vtune._space import layout_name
-from vtune._trial import TrialRecord, run_trial
+from vtune._trial import CapacityOptions, TrialRecord, run_trial
 from vtune.study._baselines import suggest_baseline
 from vtune.study._budget import BUDGET_STATES, LOAD_FAILURES, counts_toward_budget
+from vtune.study._capacity import capacity_options, gpu_seconds_saved
 from vtune.study._packing import LeaseAborted
 from vtune.study._settings import StudySettings
 from vtune.study._signals import StopSignals
@@ -183,6 +189,33 @@ class _Runner:
         if lease is not None and self.alloc is not None:
             self.alloc.release(lease)
 
+    def capacity_options(self, cfg: ServeConfig, estimate: Any = None,
+                         on_probe: Any = None) -> CapacityOptions | None:
+        """The capacity search of a trial of ``cfg`` (None: the study measures the fixed load).
+
+        Args:
+            cfg: The configuration.
+            estimate: The memory model's estimate for it (None: made here, calibrated).
+            on_probe: Called with each probe; False stops the search.
+        """
+        if not measures_capacity(self.s.objectives):
+            return None
+        if estimate is None:
+            estimate = estimate_memory(self.shape, cfg, self.s.target.gpu, device=self.s.target.device,
+                                       calibration=self.calibration(), num_gpus=self.s.target.num_gpus or None)
+        return capacity_options(self.study, self.s, cfg, estimate, on_probe=on_probe)
+
+    def values_of(self, rec: TrialRecord, cfg: ServeConfig) -> list[float]:
+        """The objective values of one measured record (capacity objectives from ``rec.capacity``).
+
+        Raises:
+            TrialFailed: A capacity study's trial function measured no capacity.
+        """
+        if measures_capacity(self.s.objectives) and rec.capacity is None:
+            raise TrialFailed("the trial function measured no capacity (a capacity study needs "
+                              "TrialRecord.capacity); pass --objectives goodput for a fixed-load measurement")
+        return objective_values(self.s.objectives, rec.result, rec.capacity, cfg.num_gpus)
+
     def _waiting_for(self) -> str:
         """The progress phase of a trial waiting for its units (naming other processes that hold them)."""
         what = "GPUs" if self.s.target.device == "gpu" else "CPU cores"
@@ -221,6 +254,7 @@ class _Runner:
             cfg = s.space.sample(trial, s.base)
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("flags", cfg.to_flags_line())
+        trial.set_user_attr("num_gpus", cfg.num_gpus)
         what = baseline or " ".join(f"{k}={v}" for k, v in trial.params.items())
         done = count_done(self.study)
         reused = self._reuse(trial, cfg)
@@ -266,6 +300,19 @@ class _Runner:
                 return False
             return True
 
+        capacity_run = measures_capacity(s.objectives)
+        stopped_at_probe: list[int] = []
+        prune_capacity = getattr(self.study.pruner, "prune_capacity", None)
+
+        def on_probe(probe: Any) -> bool:
+            if not single or prune_capacity is None:
+                return True
+            if prune_capacity(self.study, trial, probe, num_gpus=cfg.num_gpus,
+                              per_gpu=objective.name == "capacity_per_gpu"):
+                stopped_at_probe.append(probe.index)
+                return False
+            return True
+
         def on_launch(server: Any) -> None:
             trial.set_user_attr("engine", {"pid": server.pid, "pgid": server.pgid, **_worker_id()})
 
@@ -286,6 +333,8 @@ class _Runner:
             self.release(lease)
             self._interrupted(trial, None, "before its engine started", what, time.monotonic() - t0)
         extra: dict[str, Any] = {"cpu_cores": cores} if cores is not None else {}
+        if capacity_run:
+            extra["capacity"] = self.capacity_options(cfg, est, on_probe=on_probe)
         rec: TrialRecord | None = None
         try:
             with self.stop.raising():  # in the main thread a stop signal interrupts the measurement itself
@@ -318,10 +367,27 @@ class _Runner:
             self.progress.line(done + 1, trial.number, what, f"FAILED {rec.failure.kind}", time.monotonic() - t0)
             raise TrialFailed(f"{rec.failure.kind}: {rec.failure.message}")
         self.load_failures_in_a_row = 0
+        if capacity_run:  # no SLO constraint: the capacity meets the SLOs by construction (vtune._objectives)
+            values = self.values_of(rec, cfg)
+            assert rec.capacity is not None
+            if stopped_at_probe and rec.capacity.bounded_by == "stopped":
+                probe = rec.capacity.probes[stopped_at_probe[0]]
+                trial.set_user_attr("pruned_by", "early_stopping")
+                trial.set_user_attr("gpu_seconds_saved", gpu_seconds_saved(
+                    self.study, rec.capacity, cfg.num_gpus if gpus else 1))
+                trial.set_user_attr("reason", f"stopped after probe {probe.index + 1}: it failed the SLOs at "
+                                              f"{probe.streams} streams, below the best capacity so far less the "
+                                              "noise allowance")
+                self.progress.line(done + 1, trial.number, what, "stopped early", time.monotonic() - t0)
+                raise optuna.TrialPruned(trial.user_attrs["reason"])
+            summary = objective_summary(s.objectives, values)
+            self.progress.line(done + 1, trial.number, what, f"done: {summary} at {rec.capacity.capacity_streams} "
+                               f"streams ({len(rec.capacity.probes)} probes)", time.monotonic() - t0)
+            return values[0] if single else values
         assert rec.result is not None
         for key, value in slo_constraints(rec.result, s.workload.slo).items():
             trial.set_constraint(key, value)
-        values = [o.value(rec.result) for o in s.objectives]
+        values = self.values_of(rec, cfg)
         if pruned_at:
             saved = (steps_total - 1 - pruned_at[0]) * step_s * max(1, cfg.num_gpus if gpus else 1)
             trial.set_user_attr("pruned_by", "early_stopping")
@@ -406,6 +472,8 @@ class _Runner:
         trial.set_user_attr("failure", rec.failure.to_dict() if rec.failure else None)
         trial.set_user_attr("startup", rec.startup.to_dict() if rec.startup else None)
         trial.set_user_attr("result", rec.result.to_dict() if rec.result else None)
+        if rec.capacity is not None:  # every probe, so that nothing is measured twice to draw a curve
+            trial.set_user_attr("capacity", rec.capacity.to_dict())
         trial.set_user_attr("metrics", rec.metrics)
         trial.set_user_attr("teardown", {k: rec.teardown.get(k) for k in ("clean", "port_free", "leftover_pids",
                                                                            "gpu_memory_back", "stop_s")})

@@ -5,6 +5,11 @@ measurements everywhere: ranking, feasibility (the mean of each SLO constraint, 
 that reuses earlier measurements records it), the Pareto front, the progress line, the
 export header, ``best --format json``, the study summary and the report. Trials that reused
 earlier measurements (no launch) are not measurements.
+
+A single-objective capacity study with a target rate (``--target-rate``, study user
+attribute ``target_rate_rps``) ranks instead by the GPUs each configuration needs to serve
+that rate within the SLOs, fewest first, ties by capacity per GPU
+(:func:`vtune.study._capacity.target_rate_order`).
 """
 
 from __future__ import annotations
@@ -132,18 +137,27 @@ def measured_noise(trials: list[FrozenTrial], remeasurements: dict[str, list[flo
     dof = sum(len(vs) - 1 for vs in samples)
     return math.sqrt(num / dof) if dof else None
 
-def best_configurations(study: optuna.Study) -> list[Configuration]:
+def best_configurations(study: optuna.Study, target_rate_rps: float | None = None) -> list[Configuration]:
     """The best configurations by their means: ranked (one objective) or the Pareto front (several).
 
-    Only feasible configurations (every mean constraint met) count, unless none is.
+    Only feasible configurations (every mean constraint met) count, unless none is. A
+    single-objective capacity study with a target rate (``target_rate_rps``, else the
+    study's) ranks by the GPUs needed for it (module docstring).
     """
+    from vtune.study._capacity import capacity_objective, study_target_rate, target_rate_order
+
     confs = configurations(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     confs = [c for c in confs if c.feasible] or confs
     if not confs:
         return []
     signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
     if len(signs) == 1:
-        return sorted(confs, key=lambda c: -signs[0] * c.values[0])
+        ranked = sorted(confs, key=lambda c: -signs[0] * c.values[0])
+        rate = target_rate_rps if target_rate_rps is not None else study_target_rate(study)
+        names = (study.user_attrs.get("vtune") or {}).get("objectives") or []
+        if rate is not None and capacity_objective(names) is not None:
+            return target_rate_order(ranked, rate)
+        return ranked
     return _pareto_front(confs, signs)
 
 def _pareto_front(confs: list[Configuration], signs: list[float]) -> list[Configuration]:
@@ -159,18 +173,20 @@ def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The trials standing for :func:`best_configurations` (each one's latest measurement)."""
     return [c.trial for c in best_configurations(study)]
 
-def pick_configuration(study: optuna.Study, settings: StudySettings, pick: str | None = None) -> Configuration | None:
+def pick_configuration(study: optuna.Study, settings: StudySettings, pick: str | None = None,
+                       target_rate_rps: float | None = None) -> Configuration | None:
     """The best configuration; with ``pick`` (e.g. ``ttft_p99<500``), the best of the front meeting it.
 
-    The first objective's mean ranks the candidates; ``pick`` filters them by another
-    objective's mean.
+    The first objective's mean ranks the candidates (one objective: the order of
+    :func:`best_configurations`, the target rate's when there is one); ``pick`` filters
+    them by another objective's mean.
 
     Raises:
         VtuneError: A malformed ``--pick`` or no configuration meeting it.
     """
     import re
 
-    front = best_configurations(study)
+    front = best_configurations(study, target_rate_rps)
     if not front:
         return None
     ranked = _rank_front(front, settings)
@@ -194,6 +210,8 @@ def pick_trial(study: optuna.Study, settings: StudySettings, pick: str | None = 
     return conf.trial if conf else None
 
 def _rank_front(front: list[Configuration], settings: StudySettings) -> list[Configuration]:
+    if len(settings.objectives) == 1:
+        return front  # already ranked by best_configurations
     first = settings.objectives[0]
     return sorted(front, key=lambda c: -float(c.values[0]) if first.maximize else float(c.values[0]))
 

@@ -22,7 +22,8 @@ from vtune._space import SearchSpace
 from vtune._target import Target
 from vtune._workload import Workload
 
-__all__ = ["ATTR", "SCHEMA_VERSION", "StudySettings", "build_settings", "default_study_name", "load_settings"]
+__all__ = ["ATTR", "SCHEMA_VERSION", "StudySettings", "build_settings", "check_target_rate", "default_study_name",
+           "load_settings"]
 
 
 SCHEMA_VERSION = 1
@@ -48,6 +49,9 @@ class StudySettings:
         seed: Sampler seed.
         studies_dir: Folder of the study's artifacts.
         configs_dir: Folder the best config is exported to.
+        target_rate_rps: Requests/s to serve within the SLOs (``--target-rate``): the
+            study prefers the configuration needing the fewest GPUs for it (kept as the
+            study user attribute ``target_rate_rps``); None: none.
     """
 
     name: str
@@ -64,6 +68,7 @@ class StudySettings:
     seed: int | None = None
     studies_dir: Path = Path("studies")
     configs_dir: Path = Path("configs")
+    target_rate_rps: float | None = None
 
     @property
     def study_dir(self) -> Path:
@@ -111,7 +116,26 @@ def load_settings(study: optuna.Study, *, studies_dir: Path, configs_dir: Path) 
         base=ServeConfig.from_dict(data["base"]), objectives=parse_objectives(",".join(data["objectives"])),
         target=target, duration_s=data.get("duration_s"), strict_memory=bool(data.get("strict_memory")),
         remeasure_top_k=int(data.get("remeasure_top_k", 2)), studies_dir=studies_dir, configs_dir=configs_dir,
+        target_rate_rps=_stored_rate(study.user_attrs.get("target_rate_rps")),
     )
+
+def _stored_rate(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+def check_target_rate(rate_rps: float | None, flag: str = "--target-rate") -> float | None:
+    """``rate_rps`` if it is a finite number of requests/s above 0 (None passes).
+
+    Raises:
+        VtuneError: It is not.
+    """
+    import math
+
+    if rate_rps is None:
+        return None
+    if isinstance(rate_rps, bool) or not isinstance(rate_rps, int | float) or not math.isfinite(rate_rps) \
+            or rate_rps <= 0:
+        raise VtuneError(f"{flag} must be a number of requests/s above 0, got {rate_rps!r}; e.g. {flag} 100")
+    return float(rate_rps)
 
 def default_study_name(model: str, workload: str) -> str:
     """``<model folder>-<workload>``, made a plain name (:func:`vtune._names.clean_name`)."""
@@ -140,6 +164,7 @@ def build_settings(
     studies_dir: str | Path = Path("studies"),
     configs_dir: str | Path = Path("configs"),
     target: Target | None = None,
+    target_rate_rps: float | None = None,
 ) -> StudySettings:
     """The settings of a study, as ``vtune study`` makes them from its flags.
 
@@ -156,7 +181,8 @@ def build_settings(
         model: Model folder or hub id (``--model``).
         workload: A built-in name, a YAML or JSONL file, or a :class:`Workload` (``--workload``).
         fixed_flags: ``vllm serve`` flags fixed for every trial (what follows ``--``).
-        objectives: ``goodput`` (default), ``throughput``, ... or a list of them (``--objectives``).
+        objectives: ``capacity`` (default), ``capacity_per_gpu``, ``goodput``, ``throughput``, ... or a
+            list of them (``--objectives``).
         gpus: GPU indices, e.g. ``0,1`` (``--gpus``; default: all found).
         space_file: A search-space YAML (``--space``).
         concurrency: Concurrent streams of the workload's load (``--concurrency``).
@@ -170,6 +196,7 @@ def build_settings(
         studies_dir: Where studies live (``--studies-dir``).
         configs_dir: Where the best config is exported (``--configs-dir``).
         target: The hardware to use instead of finding it (e.g. tests, another machine's).
+        target_rate_rps: Requests/s to serve within the SLOs (``--target-rate``).
 
     Raises:
         VtuneError: A bad argument, in one line naming the flag and the fix.
@@ -196,6 +223,10 @@ def build_settings(
         raise VtuneError(f"--concurrency must be >= 1, got {concurrency}")
     if remeasure_top_k < 0:
         raise VtuneError(f"--remeasure must be >= 0, got {remeasure_top_k}")
+    rate = check_target_rate(target_rate_rps)
+    if rate is not None and not any(o.is_capacity for o in objs):
+        raise VtuneError("--target-rate needs a capacity objective (--objectives capacity or capacity_per_gpu): "
+                         "the replicas for a rate come from each configuration's capacity")
     if name is not None:
         from vtune._names import check_name
 
@@ -255,5 +286,5 @@ def build_settings(
         name=name or default_study_name(model, wl_label), model=model, workload=wl, space=space, base=fixed,
         objectives=objs, target=target, duration_s=duration_s, strict_memory=strict_memory,
         remeasure_top_k=remeasure_top_k, enqueue=extra, seed=seed, studies_dir=Path(studies_dir),
-        configs_dir=Path(configs_dir),
+        configs_dir=Path(configs_dir), target_rate_rps=rate,
     )

@@ -11,8 +11,11 @@ inside an Optuna study:
 * enqueued baselines: vLLM's defaults, the rule-of-thumb preset for the model's
   size, and the memory model's own best guess;
 * each trial: sample -> validity and memory check (PRUNED at zero launches) ->
-  real engine and load in steps, each step reported to a noise-aware pruner ->
-  result, SLO constraints, artifacts under ``studies/<name>/trials/<n>/``;
+  real engine and, by default, the capacity search (each probe reported to the
+  noise-aware pruner; its start and cap from what the study knows,
+  :mod:`vtune.study._capacity`), or with a fixed-load objective the workload's
+  load in steps, each reported to the pruner -> result (SLO constraints at a
+  fixed load), artifacts under ``studies/<name>/trials/<n>/``;
 * resume: re-running the same command continues; a trial left RUNNING by a
   killed process is marked FAIL with the reason and its engine is killed;
   ``--n-trials`` and ``--timeout`` count what was already done, except trials
@@ -273,6 +276,8 @@ def prepare_study(
         enqueue_baselines(study, settings, shape)
         requeue_baselines(study)  # those a killed process left interrupted
         study.set_user_attr("budget", {"n_trials": n_trials, "timeout_s": timeout_s})
+        if settings.target_rate_rps is not None:  # the latest --target-rate is the study's
+            study.set_user_attr("target_rate_rps", settings.target_rate_rps)
     return study, shape, recovered, url
 
 def check_fixed_flags(settings: StudySettings) -> None:
