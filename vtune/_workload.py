@@ -448,8 +448,8 @@ class Workload:
         images = self.images
         if images is not None and max(images.width, images.height) > CPU_MAX_IMAGE_PIXELS_SIDE:
             f_img = CPU_MAX_IMAGE_PIXELS_SIDE / max(images.width, images.height)
-            images = replace(images, width=max(16, math.floor(images.width * f_img)),
-                             height=max(16, math.floor(images.height * f_img)))
+            images = replace(images, width=max(16, round(images.width * f_img)),
+                             height=max(16, round(images.height * f_img)))
         duration_s = max(float(self.steps), min(self.duration_s, CPU_MAX_DURATION_S))
         result = replace(scaled, max_model_len_hint=hint, load=load, images=images, duration_s=duration_s,
                          warmup_s=min(self.warmup_s, CPU_MAX_WARMUP_S))
