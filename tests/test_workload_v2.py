@@ -229,7 +229,8 @@ def test_cpu_rule_scales_gpu_sized_reasoning() -> None:
     assert cpu.max_model_len_hint <= CPU_MAX_REQUEST_TOKENS
     assert cpu.load.streams == 8 and cpu.duration_s == 60 and cpu.warmup_s == 5 and cpu.steps == gpu.steps
     assert cpu.slo == gpu.slo and cpu.name == gpu.name
-    assert replace(Workload.from_dict(cpu.to_dict()), source=cpu.source) == cpu  # what the load child reads back is valid
+    # what the load child reads back is valid
+    assert replace(Workload.from_dict(cpu.to_dict()), source=cpu.source) == cpu
 
 
 def test_cpu_rule_leaves_cpu_sized_builtins_alone() -> None:
