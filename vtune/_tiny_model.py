@@ -453,7 +453,7 @@ def check_vl_model(model_dir: Path) -> list[str]:
         problems.append(f"token {image_id} is {tok.convert_ids_to_tokens(image_id)!r}, not <|image_pad|>")
     if tok.encode("<|image_pad|>", add_special_tokens=False) != ([image_id] if isinstance(image_id, int) else []):
         problems.append("<|image_pad|> is not one token of the tokenizer")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this?"}]}]
+    messages: Any = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is this?"}]}]
     try:
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as exc:  # noqa: BLE001
