@@ -81,11 +81,11 @@ def test_e2e_shared_document_prefixes_hit_the_cache_and_enter_the_space(model: P
 def test_e2e_trace_replay_runs_through_bench(model: Path, tmp_path: Path) -> None:
     wl = load_workload("replay")
     assert wl.trace is not None
-    out = _bench(model, "replay", tmp_path, 10)
+    out = _bench(model, "replay", tmp_path, 20)
     assert out["errors"] == 0
     requests = [r for r in _requests(tmp_path) if r.status == "successful"]
-    # about 4 requests a second for 10 measured seconds, at the trace's lengths
-    assert len(requests) >= 15
+    # about 1.5 requests a second for 20 measured seconds, at the trace's lengths
+    assert len(requests) >= 10
     lengths = {json.loads(line)["output_length"] for line in wl.trace.path.read_text().splitlines()}
     assert {r.output_tokens for r in requests} <= lengths
     assert out["prefix_cache_hit_rate"] is not None and out["prefix_cache_hit_rate"] > 0.2
