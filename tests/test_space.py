@@ -207,3 +207,20 @@ def test_json_schema_accepts_what_vtune_accepts() -> None:
     validator.validate({"dimensions": {"max_num_seqs": 64, "dtype": "float32", "enforce_eager": True}})
     assert not validator.is_valid({"dimensions": {"max_num_seqs": {"lo": 1}}})
     assert not validator.is_valid({"dimenions": {}})
+
+
+@pytest.mark.parametrize("device", ["gpu", "cpu"])
+def test_prefix_caching_is_on_when_the_workload_shares_prefixes(device: str) -> None:
+    from vtune._workload import load_workload
+
+    def prefix_dim(workload: Any) -> Any:
+        space = default_space(device=device, num_gpus=1, cpu_cores=2, workload=workload)
+        return space.get("enable_prefix_caching")
+
+    assert not prefix_dim(None).enabled  # no workload: off, as before
+    for name in ("batch", "interactive", "long-context", "reasoning", "multimodal"):
+        assert not prefix_dim(load_workload(name, device=device)).enabled, name
+    for name in ("chatbot", "rag", "replay"):  # system prompts / documents / a trace's shared blocks
+        dim = prefix_dim(load_workload(name, device=device))
+        assert dim.enabled and dim.active and dim.choices == [True, False], name
+        assert name in dim.help

@@ -24,7 +24,7 @@ from vtune._workload import (
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "workloads"
-BUILTINS = ["batch", "chatbot", "interactive", "long-context", "reasoning"]
+BUILTINS = ["batch", "chatbot", "interactive", "long-context", "multimodal", "rag", "reasoning", "replay"]
 
 
 def _chatbot_dict() -> dict[str, Any]:
@@ -47,7 +47,7 @@ def test_builtins_are_listed_and_valid() -> None:
         assert wl.load.kind in LOAD_KINDS
         assert wl.description
         assert wl.steps >= 1 and wl.step_duration_s >= 1.0
-        assert wl.max_model_len_hint >= wl.prompt_tokens.max + wl.output_tokens.max
+        assert wl.max_model_len_hint >= wl.longest_request_tokens
         assert wl.slo.ttft_ms.max_ms > 0 and wl.slo.itl_ms.max_ms > 0
         # Every file says what its fields mean.
         text = (CONFIGS / f"{name}.yaml").read_text()
@@ -60,16 +60,17 @@ def test_chatbot_defaults_fit_the_cpu_tiny_model() -> None:
     assert wl.prompt_tokens.mean == 128 and wl.output_tokens.mean == 64
     assert wl.max_model_len_hint <= 2048
     assert wl.slo.ttft_ms.percentile == 90 and wl.slo.ttft_ms.max_ms == 500
-    for name in BUILTINS:  # the tiny model has 4096 positions
-        assert load_workload(name).max_model_len_hint <= 4096
+    for name in BUILTINS:  # the tiny model has 4096 positions (sized by the CPU rule)
+        wl = load_workload(name, device="cpu")
+        assert wl.longest_request_tokens <= wl.max_model_len_hint <= 4096
 
 
 def test_installed_copies_match_the_source_of_truth() -> None:
     copies = REPO / "vtune" / "data" / "workloads"
     if not copies.is_dir():
         pytest.skip("no packaged copies: configs/workloads is the only copy")
-    names = sorted(p.name for p in CONFIGS.glob("*.yaml"))
-    assert sorted(p.name for p in copies.glob("*.yaml")) == names
+    names = sorted(p.name for p in CONFIGS.glob("*.yaml")) + sorted(p.name for p in CONFIGS.glob("*.jsonl"))
+    assert sorted(p.name for p in copies.glob("*.yaml")) + sorted(p.name for p in copies.glob("*.jsonl")) == names
     match, mismatch, errors = filecmp.cmpfiles(CONFIGS, copies, names, shallow=False)
     assert mismatch == [] and errors == []
 
@@ -132,7 +133,7 @@ _DELETE = object()
 @pytest.mark.parametrize(
     ("dotted", "value", "field"),
     [
-        ("schema_version", 2, "schema_version"),
+        ("schema_version", 3, "schema_version"),
         ("name", "", "name"),
         ("name", _DELETE, "name"),
         ("prompt_tokens.mean", "lots", "prompt_tokens.mean"),
@@ -239,6 +240,7 @@ def test_yaml_with_relative_dataset(tmp_path: Path) -> None:
     _jsonl(tmp_path, [json.dumps({"prompt": "hello", "output_tokens": 5})], "real.jsonl")
     data = _chatbot_dict()
     data["dataset"] = "real.jsonl"
+    del data["shared_prefix"], data["turns"]  # synthetic conversations only
     wl = load_workload(str(_write(tmp_path, data)))
     assert wl.dataset == (tmp_path / "real.jsonl").resolve()
     assert wl.prompts[0].prompt == "hello"
@@ -282,7 +284,7 @@ def test_json_schema_describes_every_field_and_forbids_others() -> None:
 
     schema = workload_json_schema()
     assert schema["$schema"].startswith("https://json-schema.org/")
-    assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION
+    assert schema["properties"]["schema_version"]["enum"] == [1, SCHEMA_VERSION]
     assert set(schema["required"]) >= {"schema_version", "name", "load", "slo", "steps"}
     for name, prop in _properties(schema):
         assert prop.get("description"), name

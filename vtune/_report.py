@@ -60,6 +60,10 @@ CURVES_TOP = 6
 _CURVE_METRICS = (("ttft_ms", "ttft_ms", "TTFT"), ("itl_ms", "itl_ms", "ITL"))
 
 
+def _nan_if_none(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
 def study_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial with its state, objective values, result and timings."""
     rows = []
@@ -78,6 +82,7 @@ def study_frame(study: optuna.Study) -> pd.DataFrame:
             "throughput_tps": res.get("output_tokens_per_second", math.nan),
             "ttft_p99_ms": (res.get("ttft_ms") or {}).get("p99", math.nan),
             "itl_p90_ms": (res.get("itl_ms") or {}).get("p90", math.nan),
+            "prefix_cache_hit_rate": _nan_if_none(res.get("prefix_cache_hit_rate")),
             "pruned_by": t.user_attrs.get("pruned_by") or "",
             "reused": bool(t.user_attrs.get("reused_from")),
             "failure": (t.user_attrs.get("failure") or {}).get("kind") or "",
@@ -276,7 +281,7 @@ def write_report(name: str, *, storage_url: str, studies_dir: Path, configs_dir:
         lines.append(f"\n![{plot}]({plot})\n")
     lines.append("\n## Trials\n")
     cols = ["trial", "state", "baseline", "value", "goodput_rps", "throughput_tps", "ttft_p99_ms", "itl_p90_ms",
-            "pruned_by", "failure", "engine_start_s", "load_s", "flags"]
+            "prefix_cache_hit_rate", "pruned_by", "failure", "engine_start_s", "load_s", "flags"]
     if confs:
         cols[4:4] = ["capacity_streams", "capacity_rps", "capacity_tps", "probes", "num_gpus"]
     lines.append(_md(df[cols] if not df.empty else df))

@@ -6,7 +6,11 @@ x DP uses every GPU, PP only where the model needs it), ``max_num_seqs`` and
 ``max_num_batched_tokens`` on a log scale, ``gpu_memory_utilization`` (on the CPU
 engine ``VLLM_CPU_KVCACHE_SPACE`` instead) and switchable dimensions (prefix
 caching, chunked prefill, KV cache dtype, eager vs CUDA graphs and the largest
-capture size, async scheduling) that a space file turns on.
+capture size, async scheduling) that a space file turns on. Prefix caching is
+turned on by itself when the workload's requests share prefixes
+(:attr:`Workload.shares_prefix <vtune._workload.Workload.shares_prefix>`: a shared
+prefix, several turns, or a trace whose requests share blocks); otherwise the load
+never reuses a prefix and the flag could only cost.
 
 A space file (``--space configs/my-space.yaml``) fixes, narrows, widens, switches
 or adds dimensions::
@@ -46,6 +50,7 @@ from vtune._file_model import FileModel, Real, error_line, field_error, json_sch
 from vtune._memory import check_layout
 from vtune._model_shape import ModelShape
 from vtune._serve_config import _BOOL_FIELDS, _FIELD_TYPES, ServeConfig
+from vtune._workload import Workload
 
 __all__ = ["SCHEMA_VERSION", "Dimension", "DimensionSpec", "SearchSpace", "SpaceFile", "default_space",
            "layout_name", "parse_layout", "space_json_schema"]
@@ -407,6 +412,7 @@ def default_space(
     shape: ModelShape | None = None,
     weights_fit: Any = None,
     cpu_cores: int = 1,
+    workload: Workload | None = None,
 ) -> SearchSpace:
     """The search space vtune uses unless a space file changes it.
 
@@ -416,6 +422,8 @@ def default_space(
         shape: The model (to keep only layouts vLLM accepts).
         weights_fit: ``f(tp, pp) -> bool``: whether the weights fit at that layout.
         cpu_cores: Cores for the CPU engine (each TP/DP rank needs one).
+        workload: The study's workload: when its requests share prefixes, the
+            ``enable_prefix_caching`` dimension is on.
     """
     fit = weights_fit or (lambda tp, pp: True)
     dims: list[Dimension] = []
@@ -454,6 +462,11 @@ def default_space(
             Dimension("enforce_eager", "categorical", choices=[True, False], fixed=True,
                       help="torch.compile on the CPU engine adds ~40 s to every start"),
         ]
+    if workload is not None and workload.shares_prefix:
+        for dim in dims:
+            if dim.name == "enable_prefix_caching":
+                dim.enabled = True
+                dim.help = f"workload '{workload.name}' shares prefixes"
     return SearchSpace(dims)
 
 

@@ -414,6 +414,7 @@ def run_trial(
         if sampler is not None:
             sampler.stop()
             record.metrics = sampler.summary()
+            record.result = record.result and record.result.with_server_metrics(record.metrics)
         teardown_t0 = time.monotonic()
         report = server.stop()
         record.teardown_s = time.monotonic() - teardown_t0
@@ -485,6 +486,7 @@ def record_summary(rec: TrialRecord, *, target_rate_rps: float | None = None) ->
         "incomplete": res.incomplete_requests if res else None,
         "slo_attainment": res.slo_attainment if res else None,
         "slo_met": res.slo_met if res else None,
+        "prefix_cache_hit_rate": res.prefix_cache_hit_rate if res else None,
         "calibration": rec.startup.to_dict() if rec.startup else None,
         "failure": rec.failure.to_dict() if rec.failure else None,
         "metrics": rec.metrics,

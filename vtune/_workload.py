@@ -1,10 +1,11 @@
 """Workloads: what load a tuning run drives through the server, and what counts as good.
 
-(One module of about 600 lines: the file model, its field descriptions and the dataclasses
-the rest of vtune uses are one schema; most of the lines are the field-by-field
-documentation of that schema.)
+(One module of about 1000 lines: the file model, its field descriptions, the dataclasses
+the rest of vtune uses, the trace-file check and the CPU sizing rule are one schema;
+most of the lines are the field-by-field documentation of that schema.)
 
-A workload is a YAML file (``schema_version: 1``) with these fields:
+A workload is a YAML file (``schema_version: 2``; a version-1 file, which has none of
+the fields marked *v2*, reads as before) with these fields:
 
 ``name`` / ``description``
     Identity and one paragraph for people.
@@ -31,6 +32,46 @@ A workload is a YAML file (``schema_version: 1``) with these fields:
 ``dataset`` (optional)
     A ``.jsonl`` file of real prompts (relative to the YAML file), one JSON object a
     line with ``prompt`` and optional ``output_tokens``; it replaces synthetic prompts.
+``shared_prefix`` (optional, v2)
+    ``{tokens, count}``: every synthetic conversation starts with one of ``count``
+    distinct prefixes of ``tokens`` tokens (a system prompt per tenant, a document
+    that many questions are asked about), picked at random; GuideLLM's
+    ``prefix_buckets``. On chat requests the prefix is the system message.
+``turns`` (optional, v2, default 1)
+    Turns of each synthetic conversation: turn *k* resends the whole history (every
+    earlier prompt and answer) before its new prompt, so the prompt grows turn by turn;
+    GuideLLM's multi-turn synthetic data. More than one turn is sent to
+    ``/v1/chat/completions``.
+``images`` (optional, v2)
+    ``{count, width, height}``: synthetic images (GuideLLM's ``synthetic_image``)
+    attached to the first turn of every request, for vision-language models; sent to
+    ``/v1/chat/completions``. A model without a vision tower is sent the text alone.
+``trace`` (optional, v2)
+    ``{file, format, time_scale, block_tokens}``: a request trace replayed with its own
+    timing (load kind ``replay``); ``format`` ``mooncake`` (default: one JSON object a
+    line with ``timestamp``, ``input_length``, ``output_length`` and ``hash_ids``, the
+    ids of ``block_tokens``-token blocks, equal ids meaning equal tokens, i.e. a shared
+    prefix) or ``trace_synthetic`` (the same without ``hash_ids``). ``time_scale``
+    turns timestamps into seconds and speeds or slows the replay: 1 for timestamps in
+    seconds, 0.001 for Mooncake's own traces (milliseconds), 0.5 for twice as fast.
+    The prompt and output lengths come from the trace.
+
+Sizing on the CPU engine (:meth:`Workload.for_device`, applied by :func:`load_workload`
+when no NVIDIA GPU is found): a file holds the sizes meant for a GPU, and on the CPU
+engine vtune scales them down by one rule, so that every workload runs there (on the
+tiny model's 4096 positions) without a second file:
+
+* output tokens: the distribution is scaled (mean, stdev, min and max by one factor)
+  so that its max is at most 1024 and ``turns x (max + 16)`` at most 2048;
+* prompt tokens and the shared prefix: scaled by one factor so that the longest
+  conversation, ``prefix + turns x (prompt max + output max + 16)``, fits in 4096;
+* ``max_model_len_hint``: at most 4096 and at least that longest conversation;
+* ``streams`` at most 8 for ``concurrent`` (a concurrency cap of another kind at most
+  32), ``rate_per_s`` at most 4, ``duration_s`` at most 60 (steps kept, each at least
+  1 s), ``warmup_s`` at most 5; images at most 224 pixels a side (aspect kept);
+* turns, prefix count, image count, the trace and the objectives are kept.
+
+A workload already within these bounds (the CPU-sized built-ins) is unchanged.
 
 The file is validated by the pydantic model :class:`WorkloadFile` (unknown fields are
 errors; ``vtune schema workload`` prints its JSON schema); an error is one line naming
@@ -43,6 +84,7 @@ the file and the field. The rest of vtune uses the frozen dataclasses built from
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -63,28 +105,48 @@ __all__ = [
     "DEFAULT_WORKLOAD",
     "LOAD_KINDS",
     "SCHEMA_VERSION",
+    "TRACE_FORMATS",
+    "ImageSpec",
     "LoadProfile",
     "PromptRecord",
+    "SharedPrefix",
     "Slo",
     "SloTarget",
     "TokenDistribution",
+    "TraceSpec",
     "Workload",
     "WorkloadFile",
     "builtin_workload_dirs",
     "list_workloads",
     "load_workload",
     "read_prompts_jsonl",
+    "read_trace",
     "workload_json_schema",
 ]
 
-#: Version of the workload file layout this module reads and writes.
-SCHEMA_VERSION = 1
-#: A load kind: a GuideLLM profile of the same name.
-LoadKind = Literal["concurrent", "sweep", "constant", "poisson", "throughput", "synchronous"]
+#: Version of the workload file layout this module writes (it reads 1 and 2).
+SCHEMA_VERSION = 2
+#: A load kind: a GuideLLM profile of the same name (``replay``: a trace's own timing).
+LoadKind = Literal["concurrent", "sweep", "constant", "poisson", "throughput", "synchronous", "replay"]
 #: Load kinds a workload may name (GuideLLM profiles of the same names).
 LOAD_KINDS: tuple[str, ...] = typing.get_args(LoadKind)
 #: Built-in workload used for a bare ``.jsonl`` dataset and as the default.
 DEFAULT_WORKLOAD = "chatbot"
+#: Trace formats a workload's ``trace.format`` may name (GuideLLM's trace readers).
+TRACE_FORMATS: tuple[str, ...] = ("mooncake", "trace_synthetic")
+#: Tokens a chat template may add per turn, counted in the longest conversation.
+CHAT_TEMPLATE_TOKENS_PER_TURN = 16
+
+# The CPU engine's sizing rule (see the module docstring).
+CPU_MAX_REQUEST_TOKENS = 4096
+CPU_MAX_OUTPUT_TOKENS = 1024
+CPU_MAX_OUTPUT_CONVERSATION_TOKENS = 2048
+CPU_MAX_STREAMS = 8
+CPU_MAX_CONCURRENCY_CAP = 32
+CPU_MAX_RATE_PER_S = 4.0
+CPU_MAX_DURATION_S = 60.0
+CPU_MAX_WARMUP_S = 5.0
+CPU_MAX_IMAGE_PIXELS_SIDE = 224
 
 @dataclass(frozen=True)
 class TokenDistribution:
@@ -192,6 +254,82 @@ class PromptRecord:
 
 
 @dataclass(frozen=True)
+class SharedPrefix:
+    """Prefixes shared by requests: each conversation starts with one of ``count``.
+
+    Attributes:
+        tokens: Tokens of each prefix.
+        count: Distinct prefixes (e.g. one system prompt per tenant).
+    """
+
+    tokens: int
+    count: int = 1
+
+    def to_dict(self) -> dict[str, int]:
+        """Returns the prefix as the YAML mapping."""
+        return {"tokens": self.tokens, "count": self.count}
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Synthetic images sent with each request (vision-language models).
+
+    Attributes:
+        count: Images per request.
+        width: Width in pixels.
+        height: Height in pixels.
+    """
+
+    count: int
+    width: int
+    height: int
+
+    def to_dict(self) -> dict[str, int]:
+        """Returns the images as the YAML mapping."""
+        return {"count": self.count, "width": self.width, "height": self.height}
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    """A request trace replayed with its own timing.
+
+    Attributes:
+        path: The trace file (absolute).
+        format: One of :data:`TRACE_FORMATS`.
+        time_scale: Factor from the trace's timestamps to seconds of replay.
+        block_tokens: Tokens per hash id (``mooncake``).
+        requests: Rows of the trace.
+        span_s: Seconds from the first to the last request, after ``time_scale``.
+        longest_tokens: The longest request, input + output tokens.
+        shares_prefix: Whether two requests start with the same block (hash id).
+    """
+
+    path: Path
+    format: str = "mooncake"
+    time_scale: float = 1.0
+    block_tokens: int = 512
+    requests: int = field(default=0, compare=False)
+    span_s: float = field(default=0.0, compare=False)
+    longest_tokens: int = field(default=0, compare=False)
+    shares_prefix: bool = field(default=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the trace as the YAML mapping."""
+        return {"file": str(self.path), "format": self.format, "time_scale": self.time_scale,
+                "block_tokens": self.block_tokens}
+
+
+def _scaled_dist(d: TokenDistribution, factor: float) -> TokenDistribution:
+    """``d`` with every count multiplied by ``factor`` (at most 1), kept valid."""
+    if factor >= 1.0:
+        return d
+    lo = max(1, math.floor(d.min * factor))
+    hi = max(lo, math.floor(d.max * factor))
+    mean = min(hi, max(lo, round(d.mean * factor)))
+    return TokenDistribution(mean=mean, stdev=round(d.stdev * factor), min=lo, max=hi)
+
+
+@dataclass(frozen=True)
 class Workload:
     """A validated workload.
 
@@ -210,6 +348,10 @@ class Workload:
         prompts: The prompts read from ``dataset`` (empty for synthetic prompts).
         source: File the workload was read from (for messages), or ``<memory>``.
         schema_version: Layout version of the workload file.
+        shared_prefix: Prefixes shared by synthetic conversations, or None.
+        turns: Turns of each synthetic conversation (history resent every turn).
+        images: Synthetic images per request, or None.
+        trace: A trace replayed with its own timing, or None.
     """
 
     name: str
@@ -226,11 +368,92 @@ class Workload:
     prompts: tuple[PromptRecord, ...] = field(default=(), repr=False, compare=False)
     source: str = "<memory>"
     schema_version: int = SCHEMA_VERSION
+    shared_prefix: SharedPrefix | None = None
+    turns: int = 1
+    images: ImageSpec | None = None
+    trace: TraceSpec | None = None
 
     @property
     def step_duration_s(self) -> float:
         """Measured seconds of one step."""
         return self.duration_s / self.steps
+
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether requests share prefixes (a shared prefix, turns, or a trace's shared blocks).
+
+        A conversation of several turns resends its history, which the prefix cache
+        can serve, so it counts.
+        """
+        return self.shared_prefix is not None or self.turns > 1 or (
+            self.trace is not None and self.trace.shares_prefix)
+
+    @property
+    def chat(self) -> bool:
+        """Whether requests go to ``/v1/chat/completions`` (several turns or images)."""
+        return self.turns > 1 or self.images is not None
+
+    @property
+    def request_format(self) -> str:
+        """GuideLLM's ``request_format``: ``/v1/chat/completions`` or ``/v1/completions``."""
+        return "/v1/chat/completions" if self.chat else "/v1/completions"
+
+    @property
+    def longest_request_tokens(self) -> int:
+        """Tokens of the longest request: the last turn of the longest conversation, history included.
+
+        ``prefix + turns x (prompt max + output max)``, plus
+        :data:`CHAT_TEMPLATE_TOKENS_PER_TURN` a turn for chat requests; a trace's
+        longest row. Image tokens are not counted (they depend on the model).
+        """
+        if self.trace is not None:
+            return self.trace.longest_tokens
+        prefix = self.shared_prefix.tokens if self.shared_prefix is not None else 0
+        per_turn = self.prompt_tokens.max + self.output_tokens.max
+        per_turn += CHAT_TEMPLATE_TOKENS_PER_TURN if self.chat else 0
+        return prefix + self.turns * per_turn
+
+    def for_device(self, device: str) -> Workload:
+        """Returns the workload sized for ``device`` (``gpu``: unchanged; ``cpu``: the CPU rule).
+
+        The rule (module docstring) scales output tokens, then prompt tokens and the
+        shared prefix, caps streams, rate, duration, warmup and image size; a
+        workload within its bounds comes back unchanged.
+        """
+        if device != "cpu":
+            return self
+        out = self.output_tokens
+        prompt = self.prompt_tokens
+        prefix = self.shared_prefix
+        tmpl = CHAT_TEMPLATE_TOKENS_PER_TURN if self.chat else 0
+        if self.trace is None:
+            f_out = min(1.0, CPU_MAX_OUTPUT_TOKENS / out.max,
+                        (CPU_MAX_OUTPUT_CONVERSATION_TOKENS / self.turns - tmpl) / out.max)
+            out = _scaled_dist(out, f_out)
+            budget = CPU_MAX_REQUEST_TOKENS - self.turns * (out.max + tmpl)
+            fixed_in = (prefix.tokens if prefix else 0) + self.turns * prompt.max
+            f_in = min(1.0, budget / fixed_in)
+            prompt = _scaled_dist(prompt, f_in)
+            if prefix is not None and f_in < 1.0:
+                prefix = replace(prefix, tokens=max(1, math.floor(prefix.tokens * f_in)))
+        scaled = replace(self, output_tokens=out, prompt_tokens=prompt, shared_prefix=prefix)
+        hint = max(scaled.longest_request_tokens if self.trace is None else 0,
+                   min(self.max_model_len_hint, CPU_MAX_REQUEST_TOKENS))
+        load = self.load
+        cap = CPU_MAX_STREAMS if load.kind == "concurrent" else CPU_MAX_CONCURRENCY_CAP
+        if load.streams is not None and load.streams > cap:
+            load = replace(load, streams=cap)
+        if load.rate_per_s is not None and load.rate_per_s > CPU_MAX_RATE_PER_S:
+            load = replace(load, rate_per_s=CPU_MAX_RATE_PER_S)
+        images = self.images
+        if images is not None and max(images.width, images.height) > CPU_MAX_IMAGE_PIXELS_SIDE:
+            f_img = CPU_MAX_IMAGE_PIXELS_SIDE / max(images.width, images.height)
+            images = replace(images, width=max(16, round(images.width * f_img)),
+                             height=max(16, round(images.height * f_img)))
+        duration_s = max(float(self.steps), min(self.duration_s, CPU_MAX_DURATION_S))
+        result = replace(scaled, max_model_len_hint=hint, load=load, images=images, duration_s=duration_s,
+                         warmup_s=min(self.warmup_s, CPU_MAX_WARMUP_S))
+        return self if result == self else result
 
     def with_duration(self, duration_s: float) -> Workload:
         """Returns a copy measured for ``duration_s`` seconds in all, same steps.
@@ -262,6 +485,14 @@ class Workload:
         }
         if self.dataset is not None:
             out["dataset"] = str(self.dataset)
+        if self.shared_prefix is not None:
+            out["shared_prefix"] = self.shared_prefix.to_dict()
+        if self.turns != 1:
+            out["turns"] = self.turns
+        if self.images is not None:
+            out["images"] = self.images.to_dict()
+        if self.trace is not None:
+            out["trace"] = self.trace.to_dict()
         return out
 
     @classmethod
@@ -309,7 +540,8 @@ class LoadProfileModel(FileModel):
     kind: LoadKind = Field(
         description="concurrent: `streams` closed-loop clients; throughput: as fast as possible (`streams` caps "
                     "concurrency); synchronous: one request at a time; constant/poisson: open loop at "
-                    "`rate_per_s`; sweep: GuideLLM's sweep from synchronous to throughput, one point a step."
+                    "`rate_per_s`; sweep: GuideLLM's sweep from synchronous to throughput, one point a step; "
+                    "replay: the `trace`'s own timing (v2, needs `trace`)."
     )
     streams: Integer | None = Field(
         default=None, ge=1,
@@ -323,8 +555,8 @@ class LoadProfileModel(FileModel):
     @model_validator(mode="after")
     def _kind_rules(self) -> LoadProfileModel:
         kind = self.kind
-        if self.streams is not None and kind == "synchronous":
-            raise field_error("does not apply to kind synchronous", "remove it", "streams")
+        if self.streams is not None and kind in ("synchronous", "replay"):
+            raise field_error(f"does not apply to kind {kind}", "remove it", "streams")
         if self.rate_per_s is not None and kind not in ("constant", "poisson"):
             raise field_error(f"does not apply to kind {kind}", "remove it or use constant/poisson", "rate_per_s")
         if kind == "concurrent" and self.streams is None:
@@ -356,10 +588,48 @@ class SloModel(FileModel):
     e2e_ms: SloTargetModel | None = Field(default=None, description="End-to-end request latency (optional).")
 
 
+class SharedPrefixModel(FileModel):
+    """Prefixes shared by requests (GuideLLM's prefix buckets): one of `count` starts each conversation."""
+
+    tokens: Integer = Field(ge=1, description="Tokens of each prefix (e.g. a system prompt or a document).")
+    count: Integer = Field(
+        default=1, ge=1, le=10000,
+        description="Distinct prefixes, each request picking one at random (e.g. one system prompt per tenant).",
+    )
+
+
+class ImagesModel(FileModel):
+    """Synthetic images attached to every request (vision-language models; chat requests)."""
+
+    count: Integer = Field(default=1, ge=1, le=16, description="Images per request.")
+    width: Integer = Field(ge=16, le=8192, description="Image width in pixels.")
+    height: Integer = Field(ge=16, le=8192, description="Image height in pixels.")
+
+
+class TraceModel(FileModel):
+    """A request trace replayed with its own timing (load kind replay)."""
+
+    file: str = Field(description="The trace file (JSON lines; relative to this file).")
+    format: Literal["mooncake", "trace_synthetic"] = Field(
+        default="mooncake",
+        description="mooncake: each line has timestamp, input_length, output_length and hash_ids (ids of "
+                    "block_tokens-token blocks; equal ids are equal tokens); trace_synthetic: no hash_ids.",
+    )
+    time_scale: Number = Field(
+        default=1.0, gt=0,
+        description="Factor from the trace's timestamps to seconds: 1 for seconds, 0.001 for Mooncake's own "
+                    "traces (milliseconds); 0.5 replays a seconds trace twice as fast.",
+    )
+    block_tokens: Integer = Field(default=512, ge=1, description="Tokens per hash id (mooncake; 512 in Mooncake's).")
+
+
 class WorkloadFile(FileModel):
     """A vtune workload: the load a trial drives through the server, and what counts as good."""
 
-    schema_version: Literal[1] = Field(description="Layout version of this file; this vtune reads 1.")
+    schema_version: Literal[1, 2] = Field(
+        description="Layout version of this file; this vtune reads 1 and 2 (2 adds shared_prefix, turns, "
+                    "images, trace and load kind replay)."
+    )
     name: str = Field(description="Short name, e.g. chatbot.")
     description: str = Field(description="What the workload models, for people.")
     prompt_tokens: TokenDistributionModel = Field(
@@ -385,6 +655,20 @@ class WorkloadFile(FileModel):
         description="A .jsonl file of real prompts (relative to this file), one JSON object a line with `prompt` "
                     "and optional `output_tokens`; it replaces synthetic prompts.",
     )
+    shared_prefix: SharedPrefixModel | None = Field(
+        default=None, description="Prefixes shared by the synthetic conversations (v2)."
+    )
+    turns: Integer | None = Field(
+        default=None, ge=1, le=32,
+        description="Turns of each synthetic conversation, the history resent every turn (v2, default 1; more "
+                    "than 1 goes to /v1/chat/completions).",
+    )
+    images: ImagesModel | None = Field(
+        default=None, description="Synthetic images per request for vision-language models (v2)."
+    )
+    trace: TraceModel | None = Field(
+        default=None, description="A trace replayed with its own timing (v2; needs load kind replay)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -400,10 +684,38 @@ class WorkloadFile(FileModel):
         if self.duration_s / self.steps < 1.0:
             raise field_error(f"({self.duration_s}) must give each of the {self.steps} steps at least 1 s",
                               "raise it", "duration_s")
-        longest = self.prompt_tokens.max + self.output_tokens.max
-        if self.dataset is None and self.max_model_len_hint < longest:
-            raise field_error(f"({self.max_model_len_hint}) is below prompt_tokens.max + output_tokens.max "
-                              f"({longest})", f"set it to at least {longest}", "max_model_len_hint")
+        v2 = [name for name in ("shared_prefix", "turns", "images", "trace") if getattr(self, name) is not None]
+        if self.load.kind == "replay":
+            v2.append("load")
+        if self.schema_version < 2 and v2:
+            raise field_error("is new in schema_version 2", "set 'schema_version: 2' at the top", v2[0])
+        if (self.trace is None) != (self.load.kind != "replay"):
+            if self.trace is None:
+                raise field_error("replay needs a trace", "add 'trace: {file: my-trace.jsonl}'", "load.kind")
+            raise field_error("is replayed with its own timing", "set 'load: {kind: replay}'", "trace")
+        if self.trace is not None:
+            for other in ("dataset", "shared_prefix", "turns", "images"):
+                if getattr(self, other) is not None:
+                    raise field_error("does not apply to a trace (the trace gives the requests)", "remove it",
+                                      other)
+        if self.dataset is not None:
+            for other in ("shared_prefix", "turns"):
+                if getattr(self, other) is not None:
+                    raise field_error("applies to synthetic prompts only, not to a dataset", "remove it", other)
+        if self.dataset is None and self.trace is None:
+            turns = self.turns or 1
+            chat = turns > 1 or self.images is not None
+            prefix = self.shared_prefix.tokens if self.shared_prefix is not None else 0
+            per_turn = self.prompt_tokens.max + self.output_tokens.max
+            per_turn += CHAT_TEMPLATE_TOKENS_PER_TURN if chat else 0
+            longest = prefix + turns * per_turn
+            if self.max_model_len_hint < longest:
+                what = "prompt_tokens.max + output_tokens.max"
+                if prefix or chat:
+                    what = (("shared_prefix.tokens + " if prefix else "") + f"{turns} turns x ({what}"
+                            + (f" + {CHAT_TEMPLATE_TOKENS_PER_TURN} chat template tokens)" if chat else ")"))
+                raise field_error(f"({self.max_model_len_hint}) is below {what} ({longest})",
+                                  f"set it to at least {longest}", "max_model_len_hint")
         return self
 
 
@@ -433,6 +745,17 @@ def _parse(data: Any, source: str) -> Workload:
             dataset = Path(source).parent / dataset
         dataset = dataset.resolve()
         prompts = read_prompts_jsonl(dataset)
+    trace: TraceSpec | None = None
+    if wf.trace is not None:
+        path = Path(wf.trace.file).expanduser()
+        if not path.is_absolute() and source not in ("<memory>",):
+            path = Path(source).parent / path
+        trace = read_trace(path.resolve(), fmt=wf.trace.format, time_scale=float(wf.trace.time_scale),
+                           block_tokens=wf.trace.block_tokens)
+        if trace.longest_tokens > wf.max_model_len_hint:
+            raise VtuneError(f"{source}: field 'max_model_len_hint' ({wf.max_model_len_hint}) is below the trace's "
+                             f"longest request ({trace.longest_tokens} tokens); set it to at least "
+                             f"{trace.longest_tokens}")
     ttft, itl = _target(wf.slo.ttft_ms), _target(wf.slo.itl_ms)
     assert ttft is not None and itl is not None  # required fields
     return Workload(
@@ -450,7 +773,77 @@ def _parse(data: Any, source: str) -> Workload:
         prompts=prompts,
         source=source,
         schema_version=wf.schema_version,
+        shared_prefix=(None if wf.shared_prefix is None
+                       else SharedPrefix(tokens=wf.shared_prefix.tokens, count=wf.shared_prefix.count)),
+        turns=wf.turns or 1,
+        images=(None if wf.images is None
+                else ImageSpec(count=wf.images.count, width=wf.images.width, height=wf.images.height)),
+        trace=trace,
     )
+
+
+# ---------------------------------------------------------------------------------
+# Traces
+
+
+def read_trace(path: Path, *, fmt: str = "mooncake", time_scale: float = 1.0, block_tokens: int = 512) -> TraceSpec:
+    """Checks a trace file the way GuideLLM will read it, and sums it up.
+
+    One JSON object a line (blank lines skipped) with ``timestamp`` (a number >= 0),
+    ``input_length`` and ``output_length`` (integers >= 1) and, for ``mooncake``,
+    ``hash_ids``: ``ceil(input_length / block_tokens)`` integers >= 0.
+
+    Raises:
+        VtuneError: Naming the file and line, if the file is missing or a line is bad.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise VtuneError(f"cannot read trace file {path}: {exc.strerror}; check trace.file") from None
+    stamps: list[float] = []
+    longest = 0
+    first_blocks: set[int] = set()
+    shares = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"trace {path}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise VtuneError(f"{where}: not valid JSON ({exc.msg}); write one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise VtuneError(f"{where}: expected a JSON object with timestamp, input_length, output_length; fix it")
+        stamp = obj.get("timestamp")
+        if isinstance(stamp, bool) or not isinstance(stamp, int | float) or not stamp >= 0:
+            raise VtuneError(f"{where}: field 'timestamp' must be a number >= 0, got {stamp!r}; fix the line")
+        lengths = []
+        for key in ("input_length", "output_length"):
+            value = obj.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise VtuneError(f"{where}: field '{key}' must be a positive integer, got {value!r}; fix the line")
+            lengths.append(value)
+        if fmt == "mooncake":
+            ids = obj.get("hash_ids")
+            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                    for i in ids):
+                raise VtuneError(f"{where}: field 'hash_ids' must be a list of integers >= 0; fix the line "
+                                 "(or use trace.format: trace_synthetic)")
+            want = math.ceil(lengths[0] / block_tokens)
+            if len(ids) != want:
+                raise VtuneError(f"{where}: input_length {lengths[0]} is {want} blocks of {block_tokens} tokens "
+                                 f"but hash_ids has {len(ids)}; fix the line or trace.block_tokens")
+            if ids:
+                shares = shares or ids[0] in first_blocks
+                first_blocks.add(ids[0])
+        stamps.append(float(stamp))
+        longest = max(longest, lengths[0] + lengths[1])
+    if not stamps:
+        raise VtuneError(f"trace {path}: no requests found; add lines like "
+                         '{"timestamp": 0, "input_length": 512, "output_length": 64, "hash_ids": [0]}')
+    return TraceSpec(path=Path(path), format=fmt, time_scale=time_scale, block_tokens=block_tokens,
+                     requests=len(stamps), span_s=(max(stamps) - min(stamps)) * time_scale, longest_tokens=longest,
+                     shares_prefix=shares)
 
 
 # ---------------------------------------------------------------------------------
@@ -494,7 +887,9 @@ def read_prompts_jsonl(path: Path) -> tuple[PromptRecord, ...]:
 
 def _workload_from_jsonl(path: Path) -> Workload:
     """Builds a workload from a bare JSONL file under the default workload's load and SLOs."""
-    base = load_workload(DEFAULT_WORKLOAD)
+    base = _load_workload(DEFAULT_WORKLOAD)
+    # A dataset sends one prompt a request: the default workload's turns and prefix do not apply.
+    base = replace(base, turns=1, shared_prefix=None)
     path = path.resolve()
     prompts = read_prompts_jsonl(path)
     # Token counts are unknown until the served model's tokenizer is at hand; estimate
@@ -574,19 +969,33 @@ def _read_yaml(path: Path) -> Workload:
     return _parse(data, str(path))
 
 
-def load_workload(name_or_path: str) -> Workload:
+@functools.cache
+def _found_device() -> str:
+    """``gpu`` when an NVIDIA GPU is found here (as :func:`vtune._target.resolve_target` decides), else ``cpu``."""
+    from vtune._hardware import discover_gpus
+
+    return "gpu" if discover_gpus() else "cpu"
+
+
+def load_workload(name_or_path: str, *, device: str | None = None) -> Workload:
     """Loads a workload: a built-in name, a YAML file, or a ``.jsonl`` file of prompts.
 
     Args:
         name_or_path: ``chatbot`` (see :func:`list_workloads`), a path to a YAML file
             of the workload schema, or a path to a ``.jsonl`` file of prompts.
+        device: ``gpu`` (the file's sizes) or ``cpu`` (scaled by the CPU rule, see
+            :meth:`Workload.for_device`); None: ``cpu`` when no NVIDIA GPU is found.
 
     Returns:
-        The validated workload.
+        The validated workload, sized for the device.
 
     Raises:
         VtuneError: If nothing matches, or the file is invalid (naming the field).
     """
+    return _load_workload(name_or_path).for_device(device or _found_device())
+
+
+def _load_workload(name_or_path: str) -> Workload:
     text = str(name_or_path).strip()
     path = Path(text).expanduser()
     if path.suffix == ".jsonl":

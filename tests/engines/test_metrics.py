@@ -242,3 +242,49 @@ def test_http_get_raises_oserror_on_bad_status(fake_metrics: _FakeMetrics) -> No
         _http.get(fake_metrics.url + "/nothing")
     with pytest.raises(OSError, match="no answer"):
         fetch_metrics("http://127.0.0.1:9")
+
+
+# ------------------------------------------------------------------ prefix cache
+def _prefix_body(queries: float, hits: float, *, engines: int = 1) -> str:
+    lines = []
+    for e in range(engines):
+        labels = f'{{engine="{e}",model_name="m"}}'
+        lines += [f"vllm:num_requests_running{labels} 1", f"vllm:prefix_cache_queries_total{labels} {queries}",
+                  f"vllm:prefix_cache_hits_total{labels} {hits}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_parse_prefix_cache_counters_summed_over_engines() -> None:
+    sample = parse_metrics(_prefix_body(1000, 250, engines=2))
+    assert sample.prefix_cache_queries == 2000 and sample.prefix_cache_hits == 500
+    old = parse_metrics('vllm:gpu_prefix_cache_queries_total{model_name="m"} 10\n'
+                        'vllm:gpu_prefix_cache_hits_total{model_name="m"} 4\n')
+    assert old.prefix_cache_queries == 10 and old.prefix_cache_hits == 4
+    assert parse_metrics(VLLM_032).prefix_cache_queries is None
+
+
+def test_sampler_reports_the_windows_prefix_cache_hit_rate() -> None:
+    # Counters since start: 100 queries / 0 hits before the window's first reading,
+    # then 1100 / 600 at the end: the window's rate is 600 / 1000.
+    fake = _FakeMetrics([_prefix_body(100, 0), _prefix_body(600, 200), _prefix_body(1100, 600)])
+    try:
+        with MetricsSampler(fake.url, interval_s=0.01) as sampler:
+            while len(sampler.snapshot()) < 3:
+                time.sleep(0.01)
+        summary = sampler.summary()
+    finally:
+        fake.close()
+    assert summary["prefix_cache_queries_delta"] == 1000
+    assert summary["prefix_cache_hits_delta"] == 600
+    assert summary["prefix_cache_hit_rate"] == pytest.approx(0.6)
+
+
+def test_prefix_hit_rate_is_none_without_lookups(fake_metrics: _FakeMetrics) -> None:
+    from vtune.engines._metrics import prefix_hit_rate
+
+    assert prefix_hit_rate(None, 3) is None and prefix_hit_rate(0, 0) is None
+    assert prefix_hit_rate(10, 12) == 1.0 and prefix_hit_rate(10, 5) == 0.5
+    with MetricsSampler(fake_metrics.url, interval_s=0.01) as sampler:  # a server without the counters
+        while len(sampler.snapshot()) < 2:
+            time.sleep(0.01)
+    assert sampler.summary()["prefix_cache_hit_rate"] is None

@@ -14,7 +14,15 @@ waiting requests   ``vllm:num_requests_waiting``
 preemptions        ``vllm:num_preemptions_total``, ``vllm:num_preemptions``
 generated tokens   ``vllm:generation_tokens_total``
 prompt tokens      ``vllm:prompt_tokens_total``
+prefix cache       ``vllm:prefix_cache_queries_total`` and ``vllm:prefix_cache_hits_total``
+                   (prompt tokens looked up in / found in the prefix cache; vLLM 0.7+),
+                   ``vllm:gpu_prefix_cache_queries_total`` / ``..._hits_total`` (older)
 ================== ==================================================================
+
+The prefix-cache hit rate of a window (:meth:`MetricsSampler.summary`'s
+``prefix_cache_hit_rate``, 0 to 1) is hits over queries between its first and last
+reading; None when the server exports no such counters or nothing was looked up
+(prefix caching off).
 
 With data parallelism one API server exports one series per engine (label
 ``engine="0"``, ``"1"``, ...). Counts (running, waiting, preemptions, tokens) are
@@ -35,7 +43,8 @@ from typing import Any
 
 from vtune.engines import _http
 
-__all__ = ["MetricsSample", "MetricsSampler", "fetch_metrics", "parse_metrics", "parse_prometheus_text"]
+__all__ = ["MetricsSample", "MetricsSampler", "fetch_metrics", "parse_metrics", "parse_prometheus_text",
+           "prefix_hit_rate"]
 
 KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 RUNNING_NAMES = ("vllm:num_requests_running",)
@@ -43,6 +52,8 @@ WAITING_NAMES = ("vllm:num_requests_waiting",)
 PREEMPTION_NAMES = ("vllm:num_preemptions_total", "vllm:num_preemptions")
 GENERATION_TOKEN_NAMES = ("vllm:generation_tokens_total",)
 PROMPT_TOKEN_NAMES = ("vllm:prompt_tokens_total",)
+PREFIX_QUERY_NAMES = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
+PREFIX_HIT_NAMES = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
 
 _LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\S+)?$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"')
@@ -95,6 +106,8 @@ class MetricsSample:
         num_preemptions: Preemptions counter since start, summed over engines.
         generation_tokens: Generated-tokens counter, summed over engines.
         prompt_tokens: Prompt-tokens counter, summed over engines.
+        prefix_cache_queries: Prompt tokens looked up in the prefix cache (counter).
+        prefix_cache_hits: Of those, tokens found there (counter).
     """
 
     time_s: float
@@ -106,6 +119,8 @@ class MetricsSample:
     num_preemptions: float | None = None
     generation_tokens: float | None = None
     prompt_tokens: float | None = None
+    prefix_cache_queries: float | None = None
+    prefix_cache_hits: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form."""
@@ -148,6 +163,8 @@ def parse_metrics(text: str, *, time_s: float | None = None) -> MetricsSample:
         num_preemptions=_sum(_first(metrics, PREEMPTION_NAMES)),
         generation_tokens=_sum(_first(metrics, GENERATION_TOKEN_NAMES)),
         prompt_tokens=_sum(_first(metrics, PROMPT_TOKEN_NAMES)),
+        prefix_cache_queries=_sum(_first(metrics, PREFIX_QUERY_NAMES)),
+        prefix_cache_hits=_sum(_first(metrics, PREFIX_HIT_NAMES)),
     )
 
 
@@ -264,8 +281,10 @@ class MetricsSampler:
             ``kv_cache_usage_max``, ``kv_cache_usage_mean``,
             ``kv_cache_usage_max_engine``, ``num_requests_running_max``,
             ``num_requests_running_mean``, ``num_requests_waiting_max``,
-            ``num_preemptions_delta``, ``generation_tokens_delta``; a quantity
-            never read is None.
+            ``num_preemptions_delta``, ``generation_tokens_delta``,
+            ``prefix_cache_queries_delta``, ``prefix_cache_hits_delta`` and
+            ``prefix_cache_hit_rate`` (hits / queries, 0 to 1; None when nothing
+            was looked up); a quantity never read is None.
         """
         samples = self.snapshot()
         kv = _values(samples, "kv_cache_usage")
@@ -278,6 +297,7 @@ class MetricsSampler:
             return values[-1] - values[0] if values else None
 
         end_s = self._stopped_s if self._stopped_s is not None else time.monotonic()
+        queries, hits = delta("prefix_cache_queries"), delta("prefix_cache_hits")
         return {
             "samples": len(samples),
             "fetch_errors": self.fetch_errors,
@@ -291,4 +311,14 @@ class MetricsSampler:
             "num_requests_waiting_max": max(waiting) if waiting else None,
             "num_preemptions_delta": delta("num_preemptions"),
             "generation_tokens_delta": delta("generation_tokens"),
+            "prefix_cache_queries_delta": queries,
+            "prefix_cache_hits_delta": hits,
+            "prefix_cache_hit_rate": prefix_hit_rate(queries, hits),
         }
+
+
+def prefix_hit_rate(queries: float | None, hits: float | None) -> float | None:
+    """Hits over queries, clipped to [0, 1]; None when either is unknown or nothing was looked up."""
+    if queries is None or hits is None or queries <= 0:
+        return None
+    return min(1.0, max(0.0, hits / queries))

@@ -40,7 +40,7 @@ from vtune.engines._process import spawn_group
 from vtune.loads._base import LoadFailure
 from vtune.loads._guidellm import _Child, _child_env, _child_paths
 from vtune.loads._guidellm_child import PROTO_PREFIX as _PROTO_PREFIX
-from vtune.loads._guidellm_child import _data_args, _use_forkserver
+from vtune.loads._guidellm_child import _data_args, _use_forkserver, workload_for_model
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -219,7 +219,7 @@ def probe_scenario(
                 "kind": "openai_http",
                 "target": spec["target_url"],
                 "model": spec["served_model"],
-                "request_format": "/v1/completions",
+                "request_format": pwl.request_format,
             },
             "tokenizer": {"kind": "hf_auto", "model": spec["tokenizer_dir"]},
             "data": _data_args(pwl, index),
@@ -258,6 +258,7 @@ async def _child_run(spec: dict[str, Any], proto: IO[str]) -> None:
     wl = Workload.from_dict(spec["workload"])
     if spec.get("prompts"):
         wl = replace(wl, prompts=tuple(PromptRecord(**p) for p in spec["prompts"]))
+    wl = workload_for_model(wl, spec["tokenizer_dir"])
     out_dir = Path(spec["out_dir"])
     loop = asyncio.get_running_loop()
 

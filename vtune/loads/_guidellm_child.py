@@ -66,6 +66,8 @@ def _profile_args(wl: Workload, step_index: int, first_step: int = 0) -> dict[st
             prof["max_concurrency"] = load.streams
     elif kind == "synchronous":
         prof = {"kind": "synchronous"}
+    elif kind == "replay":  # the trace's own timing (its time_scale is applied by the data)
+        prof = {"kind": "replay", "time_scale": 1.0, "schedule_turn": "timestamp"}
     else:  # sweep: one GuideLLM sweep, one point a step
         prof = {"kind": "sweep", "sweep_size": steps}
         if load.streams is not None:
@@ -95,12 +97,54 @@ def _jsonl_rows(wl: Workload, step_index: int) -> list[dict[str, Any]]:
     return rows
 
 
+def model_has_vision(model_dir: str | Path) -> bool:
+    """Whether the model folder's ``config.json`` describes a vision tower (``vision_config``).
+
+    A folder without a readable ``config.json`` counts as text only.
+    """
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("vision_config"), dict)
+
+
+def workload_for_model(wl: Workload, model_dir: str | Path) -> Workload:
+    """The workload as sent to this model: images only where the model has a vision tower."""
+    if wl.images is not None and not model_has_vision(model_dir):
+        print(f"vtune: {model_dir} has no vision tower (no vision_config in config.json): "
+              f"workload '{wl.name}' is sent without its images", file=sys.stderr)
+        return replace(wl, images=None)
+    return wl
+
+
+def _trace_args(wl: Workload) -> dict[str, Any]:
+    """GuideLLM's trace reader for the workload's trace, repeated to fill a step."""
+    trace = wl.trace
+    assert trace is not None
+    seconds = wl.step_duration_s + wl.warmup_s
+    copies = max(1, min(100, math.ceil(seconds / max(trace.span_s, 1e-3)) + 1))
+    args: dict[str, Any] = {
+        "kind": trace.format,
+        "source": {"kind": "json_file", "path": str(trace.path)},
+        "time_scale": trace.time_scale,
+        "copies": copies,
+    }
+    if trace.format == "mooncake":
+        args["hash_id_block_size"] = trace.block_tokens
+    return args
+
+
 def _data_args(wl: Workload, step_index: int) -> list[dict[str, Any]]:
+    """GuideLLM's data arguments for one step: synthetic text (prefixes, turns), images, a trace or JSONL rows."""
+    if wl.trace is not None:
+        return [_trace_args(wl)]
+    data: list[dict[str, Any]]
     if wl.dataset is not None:
-        return [{"kind": "in_memory_dict_list", "data": _jsonl_rows(wl, step_index)}]
-    p, o = wl.prompt_tokens, wl.output_tokens
-    return [
-        {
+        data = [{"kind": "in_memory_dict_list", "data": _jsonl_rows(wl, step_index)}]
+    else:
+        p, o = wl.prompt_tokens, wl.output_tokens
+        text: dict[str, Any] = {
             "kind": "synthetic_text",
             "prompt_tokens": p.mean,
             "prompt_tokens_stdev": p.stdev,
@@ -111,7 +155,21 @@ def _data_args(wl: Workload, step_index: int) -> list[dict[str, Any]]:
             "output_tokens_min": o.min,
             "output_tokens_max": o.max,
         }
-    ]
+        if wl.shared_prefix is not None:
+            text["prefix_buckets"] = [{"bucket_weight": 100, "prefix_count": wl.shared_prefix.count,
+                                       "prefix_tokens": wl.shared_prefix.tokens}]
+        if wl.turns > 1:
+            text["turns"] = wl.turns
+        data = [text]
+    if wl.images is not None:
+        data.append({
+            "kind": "synthetic_image",
+            "width": wl.images.width,
+            "height": wl.images.height,
+            "images_per_request": wl.images.count,
+            "seed": step_index,
+        })
+    return data
 
 
 def _scenario(spec: dict[str, Any], wl: Workload, step_index: int) -> Any:
@@ -128,7 +186,7 @@ def _scenario(spec: dict[str, Any], wl: Workload, step_index: int) -> Any:
                 "kind": "openai_http",
                 "target": spec["target_url"],
                 "model": spec["served_model"],
-                "request_format": "/v1/completions",
+                "request_format": wl.request_format,
             },
             "tokenizer": {"kind": "hf_auto", "model": spec["tokenizer_dir"]},
             "data": _data_args(wl, step_index),
@@ -241,6 +299,7 @@ async def _child_run(spec: dict[str, Any], proto: IO[str]) -> None:
     wl = Workload.from_dict(spec["workload"])
     if spec.get("prompts"):
         wl = replace(wl, prompts=tuple(PromptRecord(**p) for p in spec["prompts"]))
+    wl = workload_for_model(wl, spec["tokenizer_dir"])
     out_dir = Path(spec["out_dir"])
     first_step = int(spec.get("first_step", 0))
     loop = asyncio.get_running_loop()

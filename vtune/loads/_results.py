@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vtune._errors import VtuneError
@@ -263,6 +263,9 @@ class TrialResult:
         steps: Number of benchmarks (steps) combined.
         sampled: Whether any report listed only a sample of its requests.
         schema_version: Layout version of :meth:`to_dict`.
+        prefix_cache_hit_rate: Prompt tokens served from the server's prefix cache
+            over prompt tokens looked up there, 0 to 1, during the load (from vLLM's
+            ``/metrics``); None when not measured or prefix caching was off.
     """
 
     output_tokens_per_second: float
@@ -283,6 +286,7 @@ class TrialResult:
     steps: int = 0
     sampled: bool = False
     schema_version: int = SCHEMA_VERSION
+    prefix_cache_hit_rate: float | None = None
 
     @property
     def all_slos_met(self) -> bool:
@@ -310,7 +314,17 @@ class TrialResult:
             "raw_report_paths": list(self.raw_report_paths),
             "steps": self.steps,
             "sampled": self.sampled,
+            "prefix_cache_hit_rate": self.prefix_cache_hit_rate,
         }
+
+    def with_server_metrics(self, metrics: Mapping[str, Any] | None) -> TrialResult:
+        """A copy carrying what the server's ``/metrics`` told of the load (the prefix-cache hit rate).
+
+        Args:
+            metrics: :meth:`vtune.engines.MetricsSampler.summary` of the load's window.
+        """
+        rate = _opt_float((metrics or {}).get("prefix_cache_hit_rate"))
+        return replace(self, prefix_cache_hit_rate=rate)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialResult:
@@ -342,6 +356,7 @@ class TrialResult:
                 steps=int(data.get("steps", 0)),
                 sampled=bool(data.get("sampled", False)),
                 schema_version=int(version),
+                prefix_cache_hit_rate=_opt_float(data.get("prefix_cache_hit_rate")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise VtuneError(f"trial result is missing or has a bad field ({exc!r}); rerun the trial") from None

@@ -259,7 +259,7 @@ def build_settings(
         return est.fits or "weights" not in (est.reason or "")
 
     space = default_space(device=target.device, num_gpus=target.num_gpus, shape=shape, weights_fit=weights_fit,
-                          cpu_cores=len(target.cpu_cores))
+                          cpu_cores=len(target.cpu_cores), workload=wl)
     if space_file:
         space = load_space_file(space_file, space)
     for dim in list(space.dimensions):  # flags fixed after -- are not sampled
