@@ -64,6 +64,7 @@ __all__ = [
     "serve_batch_defaults",
     "target_series",
     "target_version",
+    "use_vllm_version",
     "version_rules",
     "vllm_series",
 ]
@@ -244,13 +245,40 @@ def version_rules(version: str | None) -> VersionRules:
     return rules_for(target_version() if version is None else version)
 
 
-@functools.lru_cache(maxsize=1)
-def target_version() -> str:
-    """The installed vLLM's version as ``X.Y.Z``, clamped to 0.15-0.33; the newest supported when none is installed.
+#: The release set by :func:`use_vllm_version` (the CLI's ``--vllm-version``); None: the installed one.
+_ASKED_VERSION: str | None = None
 
-    An installed release outside the range gets the rules of the nearest supported one (a plan for
-    another release is asked with ``--vllm-version``).
+
+def use_vllm_version(version: str | None) -> str:
+    """Makes ``version`` the release that estimates follow when they are given none (``--vllm-version``).
+
+    Args:
+        version: ``X.Y[.Z]`` in 0.15-0.33, or None to go back to the installed vLLM.
+
+    Returns:
+        The release now in force (:func:`target_version`).
+
+    Raises:
+        VtuneError: Not a version, or outside 0.15-0.33 (one line naming ``--vllm-version``).
     """
+    global _ASKED_VERSION
+    _ASKED_VERSION = parse_version(version) if version else None
+    return target_version()
+
+
+def target_version() -> str:
+    """The release estimates follow by default, ``X.Y.Z``.
+
+    The one :func:`use_vllm_version` set, else the installed vLLM's (clamped to 0.15-0.33),
+    else the newest supported when none is installed. An installed release outside the range gets
+    the rules of the nearest supported one (a plan for another release is asked with
+    ``--vllm-version``).
+    """
+    return _ASKED_VERSION or _installed_target()
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_target() -> str:
     from vtune.engines._launcher import installed_vllm_version
 
     installed = installed_vllm_version()
@@ -259,7 +287,8 @@ def target_version() -> str:
     try:
         return parse_version(installed)
     except VtuneError:
-        key = version_key(installed.split("+")[0]) if installed[:1].isdigit() else (0, 99, 0)
+        head = installed.split("+")[0]
+        key = version_key(head) if head[:1].isdigit() and head.replace(".", "").isdigit() else (0, 99, 0)
         return f"{SUPPORTED_SERIES[0]}.0" if key < version_key(SUPPORTED_SERIES[0]) else f"{SUPPORTED_SERIES[-1]}.0"
 
 
