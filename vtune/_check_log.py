@@ -179,8 +179,11 @@ def _gpu_from_log(numbers: StartupNumbers) -> Gpu | None:
     total = numbers.total_memory_gib
     if total is None:
         return None
-    near = [k for k, v in GPU_CATALOG.items() if abs(v - total) < 0.6]
-    return Gpu(near[0] if near else f"{total:g}GiB", float(total))
+    near = sorted(GPU_CATALOG, key=lambda k: abs(GPU_CATALOG[k] - total))
+    name = near[0] if abs(GPU_CATALOG[near[0]] - total) < 0.6 else f"{total:g}GiB"
+    # The log rounds to 0.01 GiB: the catalog's exact size when it is the one printed.
+    exact = GPU_CATALOG[name] if name in GPU_CATALOG and abs(GPU_CATALOG[name] - total) <= 0.005 else float(total)
+    return Gpu(name, exact)
 
 
 def check_startup_log(
