@@ -75,6 +75,13 @@ FIXTURES = {
 }
 
 
+def kept_shape(text: str) -> tuple[ModelShape | None, str]:
+    """The shape of a kept log's model (by the folder name its non-default args give), and that name."""
+    name = _model_name(text) or "?"
+    cfg = _shapes().get(name)
+    return (shape_from_config(cfg) if cfg else None), name
+
+
 def kept_logs() -> list[Path]:
     """Every kept log that may hold a start (failure fixtures excluded)."""
     return [p for d in LOG_DIRS for p in sorted(d.glob("*.log")) if not p.name.startswith("cpu_fail_")]
@@ -231,14 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         per = summary(rows)
         print(render(rows, per))
         return
-    shapes = _shapes()
-
-    def shape_for(text: str) -> tuple[ModelShape | None, str]:
-        name = _model_name(text) or "?"
-        cfg = shapes.get(name)
-        return (shape_from_config(cfg) if cfg else None), name
-
-    rows = score(kept_logs(), shape_for)
+    rows = score(kept_logs(), kept_shape)
     per = summary(rows)
     OUT.with_suffix(".json").write_text(json.dumps({
         "schema_version": 2,

@@ -288,6 +288,19 @@ class VersionRules:
             return False
         return listed or not is_moe
 
+    def sliding_window_blocks(self, *, sliding_window: int, block_size: int, max_num_batched_tokens: int,
+                              max_model_len: int, concurrent_batches: int) -> int:
+        """Blocks one request holds in a sliding-window layer (``SlidingWindowSpec.max_memory_usage_bytes``).
+
+        ``cdiv(min(sliding_window - 1 + tokens, max_model_len), block_size) + 1``, where tokens is
+        ``max_num_batched_tokens`` up to 0.25 and ``concurrent_batches x max_num_batched_tokens``
+        (``VllmConfig.max_in_flight_tokens``: 2 with async scheduling and one pipeline stage, else
+        the stages) from 0.26.
+        """
+        batches = concurrent_batches if self.sliding_window_in_flight_batches else 1
+        tokens = min(sliding_window - 1 + max_num_batched_tokens * batches, max_model_len)
+        return -(-tokens // block_size) + 1
+
     def reserves_cudagraph_memory(self, architectures: tuple[str, ...] | list[str], *, is_moe: bool,
                                   is_hybrid: bool, is_quantized: bool = False) -> bool:
         """Whether the CUDA-graph estimate is taken out of the KV cache (V1 runner, estimate on by default)."""
