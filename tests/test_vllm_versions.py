@@ -309,7 +309,7 @@ def llama_dir(tmp_path):
     ("0.40", "--vllm-version 0.40: vtune models vLLM 0.15 to 0.33"),
     ("latest", "--vllm-version latest: write the vLLM version as X.Y or X.Y.Z"),
 ])
-@pytest.mark.parametrize("command", ["estimate", "validate"])
+@pytest.mark.parametrize("command", ["estimate", "validate", "bench", "study"])
 def test_cli_vllm_version_errors(command, version, message, llama_dir, capsys):
     argv = [command, "--model", str(llama_dir), "--vllm-version", version]
     if command == "validate":
@@ -320,6 +320,17 @@ def test_cli_vllm_version_errors(command, version, message, llama_dir, capsys):
         assert err.count("\n") == 0 and message in err
     finally:
         d.use_vllm_version(None)
+
+
+def test_use_vllm_version_sets_the_default_release():
+    """What ``--vllm-version`` does for ``bench`` and ``study``: every estimate made without a version follows it."""
+    try:
+        assert d.use_vllm_version("0.19") == "0.19.0"
+        e = estimate_memory(LLAMA, ServeConfig(max_model_len=8192), H100)
+        assert (e.vllm_version, e.gpu_memory_utilization, e.kv_cache_tokens) == ("0.19.0", 0.9, 450_128)
+    finally:
+        d.use_vllm_version(None)
+    assert estimate_memory(LLAMA, ServeConfig(max_model_len=8192), H100).vllm_version == d.target_version()
 
 
 def test_cli_estimate_follows_the_asked_release(llama_dir, capsys):
