@@ -7,10 +7,20 @@ from pathlib import Path
 import pytest
 
 from tests.shapes import LLAMA_8B, QWEN3_0_6B, QWEN3_30B_A3B
-from vtune._memory import Calibration, estimate_memory, resolve_gpu
+from vtune._memory import Calibration, resolve_gpu
+from vtune._memory import estimate_memory as _estimate_memory
 from vtune._model_shape import shape_from_config
 from vtune._serve_config import ServeConfig
 from vtune.engines import parse_startup_log
+
+#: The release of every start kept here (the model follows the installed vLLM unless told).
+V026 = "0.26.0"
+
+
+def estimate_memory(*args, **kw):
+    """The estimate for vLLM 0.26, the release these starts ran."""
+    return _estimate_memory(*args, version=V026, **kw)
+
 
 LOGS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "gpu-logs"
 H100 = resolve_gpu("H100-80GB")
@@ -102,7 +112,7 @@ def test_h200_large_dense_and_mla_starts(log, arch, kw, rel):
     e = estimate_memory(shape, cfg, Gpu("H200", 139.80))
     assert e.weights_gib == pytest.approx(obs.weights_gib, rel=0.01)
     assert e.kv_cache_tokens == pytest.approx(obs.kv_cache_tokens, rel=rel)
-    assert not uses_v1_model_runner(shape)  # both logs say "Using V2 Model Runner"
+    assert not uses_v1_model_runner(shape, V026)  # both logs say "Using V2 Model Runner"
     cal = Calibration().observe(e, obs.to_dict())
     assert estimate_memory(shape, cfg, Gpu("H200", 139.80), calibration=cal).kv_cache_tokens == pytest.approx(
         obs.kv_cache_tokens, rel=0.001)
@@ -112,6 +122,6 @@ def test_model_runner_follows_vllm_rule():
     from tests.shapes import DEEPSEEK_V2_LITE
     from vtune._memory import uses_v1_model_runner
 
-    assert uses_v1_model_runner(shape_from_config(QWEN3_30B_A3B))  # MoE outside vLLM's V2 list
-    assert not uses_v1_model_runner(shape_from_config(DEEPSEEK_V2_LITE))
-    assert not uses_v1_model_runner(shape_from_config(LLAMA_8B))
+    assert uses_v1_model_runner(shape_from_config(QWEN3_30B_A3B), V026)  # MoE outside vLLM's V2 list
+    assert not uses_v1_model_runner(shape_from_config(DEEPSEEK_V2_LITE), V026)
+    assert not uses_v1_model_runner(shape_from_config(LLAMA_8B), V026)

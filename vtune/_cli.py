@@ -62,6 +62,18 @@ def _found_gpu(device: str) -> tuple[Any, int] | None:
     return target.gpu, target.num_gpus
 
 
+def _add_version_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vllm-version", metavar="X.Y.Z",
+                   help="plan for this vLLM release's accounting, 0.15 to 0.33 (default: the installed vLLM)")
+
+
+def _use_vllm_version(args: argparse.Namespace) -> str:
+    """Makes ``--vllm-version`` (else the installed vLLM) the release every estimate follows."""
+    from vtune._vllm_defaults import use_vllm_version
+
+    return use_vllm_version(getattr(args, "vllm_version", None))
+
+
 def _resolve_hardware(args: argparse.Namespace) -> tuple[Any, int | None]:
     """The GPU model and count: flags first, then the GPUs found here, then H100-80GB x 1.
 
@@ -99,6 +111,9 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     from vtune._model_shape import load_model_shape
     from vtune._serve_config import serve_config_from_args
 
+    if args.check_log:
+        return _check_log(args)
+    version = _use_vllm_version(args)
     shape = load_model_shape(args.model)
     gpu, num_gpus = _resolve_hardware(args)
     base = serve_config_from_args(args, model=str(args.model))
@@ -111,7 +126,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             if (args.pipeline_parallel_size is None or pp == args.pipeline_parallel_size)
             and (args.data_parallel_size is None or dp == args.data_parallel_size)
         ]
-    kw = {"device": args.device, "num_gpus": num_gpus, "cpu_kv_cache_gib": args.cpu_kv_cache_gib}
+    kw = {"device": args.device, "num_gpus": num_gpus, "cpu_kv_cache_gib": args.cpu_kv_cache_gib,
+          "version": version}
     estimates = [estimate_memory(shape, c, gpu, **kw) for c in configs]  # type: ignore[arg-type]
     fitting = [e for e in estimates if e.fits]
     best = max(fitting or estimates, key=lambda e: (e.fits, e.max_concurrency_total, -e.tensor_parallel_size))
@@ -123,7 +139,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         return 0
     print(f"model {args.model}: {shape.model_type}, {shape.num_layers} layers, {shape.num_heads} heads "
           f"({shape.num_kv_heads} KV), {args.device} {best.gpu} {best.total_memory_gib:.2f} GiB"
-          + (f" x {num_gpus}" if num_gpus else ""))
+          + (f" x {num_gpus}" if num_gpus else "") + f", vLLM {best.vllm_version} accounting")
     header = ["TP", "PP", "DP", "weights", "activation", "non-torch", "cudagraph", "KV GiB", "KV tokens",
               "max conc", "conc x DP", "fits"]
     rows = [[e.tensor_parallel_size, e.pipeline_parallel_size, e.data_parallel_size, f"{e.weights_gib:.2f}",
@@ -141,6 +157,30 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_log(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vtune._check_log import check_startup_log, format_log_check
+    from vtune._memory import resolve_gpu
+    from vtune._model_shape import load_model_shape
+
+    path = Path(args.check_log)
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise VtuneError(f"--check-log {path}: cannot read it ({exc.strerror or exc})") from None
+    if args.vllm_version:
+        _use_vllm_version(args)
+    shape = load_model_shape(args.model)
+    gpu = resolve_gpu(args.gpu, args.gpu_memory_gib) if (args.gpu or args.gpu_memory_gib) else None
+    check = check_startup_log(text, shape, path=str(path), gpu=gpu, version=args.vllm_version)
+    if args.json:
+        _print_json(check.to_dict())
+    else:
+        print(format_log_check(check))
+    return 0
+
+
 # -------------------------------------------------------------------- validate
 def _cmd_validate(args: argparse.Namespace) -> int:
     from vtune._model_shape import load_model_shape
@@ -155,6 +195,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if not model:
         raise VtuneError("validate needs the model: --model PATH (or the model path first among the vLLM flags)")
     cfg.model = str(model)
+    version = _use_vllm_version(args)
     shape = load_model_shape(model)
     gpu, num_gpus = _resolve_hardware(args)
     needed = None
@@ -163,7 +204,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
         needed = load_workload(args.workload).max_model_len_hint
     report = validate_config(shape, cfg, gpu, num_gpus=num_gpus, needed_model_len=needed, device=args.device,
-                             cpu_kv_cache_gib=args.cpu_kv_cache_gib, argv=flags, vllm_check=not args.no_vllm_check)
+                             cpu_kv_cache_gib=args.cpu_kv_cache_gib, argv=flags, vllm_check=not args.no_vllm_check,
+                             version=version)
     if args.json:
         _print_json(report.to_dict())
         return report.exit_code
@@ -298,6 +340,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     rate = check_target_rate(args.target_rate)
     if rate is not None and args.objective != "capacity":
         raise VtuneError("--target-rate needs --objective capacity: the servers for a rate come from the capacity")
+    _use_vllm_version(args)  # --vllm-version: the memory model's release for the pre-launch checks
     workload = _with_concurrency(load_workload(args.workload), args.concurrency)
     target = resolve_target(args.gpus)
     common = _split_dashdash(list(args.vllm_args))
@@ -378,6 +421,7 @@ def _parse_duration_s(text: str | None, flag: str) -> float | None:
 def _settings_from_args(args: argparse.Namespace) -> Any:
     from vtune.study._settings import build_settings
 
+    _use_vllm_version(args)  # --vllm-version: the memory model's release for pruning and the space
     if args.n_trials is not None and args.n_trials < 1:
         raise VtuneError(f"--n-trials must be >= 1, got {args.n_trials}")
     return build_settings(
@@ -758,6 +802,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="local model directory (or config.json) to read")
     _add_engine_flags(p)
     _add_gpu_flags(p)
+    _add_version_flag(p)
+    p.add_argument("--check-log", metavar="SERVER_LOG",
+                   help="compare the model with a vllm serve log, term by term: its flags, GPU memory and vLLM "
+                        "version are read from the log (the engine flags here are ignored)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_estimate)
 
@@ -769,6 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workload", help="workload name or file, to check max-model-len against its need")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-vllm-check", action="store_true", help="skip parsing the flags with vLLM's own parser")
+    _add_version_flag(p)
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then the vllm serve flags")
     p.set_defaults(func=_cmd_validate)
 
@@ -795,6 +844,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-rate", type=float, metavar="RPS", help="with --objective capacity: how many servers "
                    "(and GPUs) serve this many requests/s within the SLOs")
     p.add_argument("--run-dir", help="folder for logs and reports (default: runs/bench-<time>)")
+    _add_version_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then vllm serve flags")
     p.set_defaults(func=_cmd_bench)
@@ -833,6 +883,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enqueue", action="append", metavar="FLAGS",
                    help="extra configuration to try first (quoted vLLM flags); repeatable")
     p.add_argument("--seed", type=int, help="sampler seed")
+    _add_version_flag(p)
     p.add_argument("--report", action="store_true", help="write the report at the end")
     p.add_argument("--json", action="store_true", help="print the summary as JSON (no progress lines)")
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- then vllm serve flags fixed for every trial")

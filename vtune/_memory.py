@@ -36,6 +36,17 @@ charged against it (``vllm/v1/worker/cpu_worker.py``).
 Every vLLM default (utilization, batch limits by GPU tier, block size, CUDA-graph
 capture limit, async scheduling, the CPU KV space vtune gives) comes from
 :mod:`vtune._vllm_defaults`.
+
+The accounting follows the vLLM release asked for (``version=``: ``"0.20.2"``, ``"0.26"``;
+None: the installed one), whose rules :mod:`vtune._vllm_versions` gives: the default
+utilization (0.9 before 0.20), whether the CUDA-graph estimate is taken out of the KV cache
+(never before 0.20; from 0.20 on the V1 model runner only, and the V2 runner, which reserves
+nothing, is the default for more models release after release and for all from 0.29), the
+MLA block size (64 on Hopper before 0.18), the capture sizes and the 160 GiB batch tier, and
+how the "KV cache size" tokens are reported (blocks x block size before 0.20.1). The
+constants of the measured terms were fitted to 0.26 starts and are used for every release:
+0.27 changed how the profiler sums the same bytes (free-memory drop + transient peak), not
+what they are.
 """
 
 from __future__ import annotations
@@ -53,9 +64,12 @@ from vtune._vllm_defaults import (
     GPU_MEMORY_UTILIZATION,
     cpu_kv_cache_space_gib,
     default_block_size,
+    default_gpu_memory_utilization,
     default_max_cudagraph_capture_size,
     resolve_batch_limits,
+    version_rules,
 )
+from vtune._vllm_versions import VersionRules
 
 __all__ = [
     "GPU_CATALOG",
@@ -243,8 +257,12 @@ class Calibration:
         cudagraph_reserved_ratio: Share of the (uncalibrated) CUDA-graph
             estimate that the engine took out of the KV cache, learned from
             requested - weights - activation - non-torch - reported KV; None
-            until observed (then :attr:`GpuConstants.cudagraph_reserved_fraction`).
+            until observed (then the release's rule with
+            :attr:`GpuConstants.cudagraph_reserved_fraction`).
         observations: Engine starts folded in.
+        vllm_version: The vLLM release of the starts folded in (``X.Y.Z``; None: not recorded).
+            The reservation ratio is a rule of the release, so it is applied only to estimates
+            for that release; the term scales carry over.
     """
 
     weights_scale: float = 1.0
@@ -253,6 +271,7 @@ class Calibration:
     cudagraph_scale: float = 1.0
     cudagraph_reserved_ratio: float | None = None
     observations: int = 0
+    vllm_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
@@ -296,9 +315,12 @@ class Calibration:
             w, a, nt, kv = (float(t) for t in terms)  # type: ignore[arg-type]
             residual = max(0.0, predicted.raw_requested_gib - w - a - nt - kv)
             ratio = residual / predicted.raw_cudagraph_gib
-            prev = self.cudagraph_reserved_ratio
+            # The reservation is a rule of the release: a start of another release starts it afresh.
+            same = self.vllm_version in (None, predicted.vllm_version)
+            prev = self.cudagraph_reserved_ratio if same else None
             new.cudagraph_reserved_ratio = ratio if prev is None else (prev * n + ratio) / (n + 1)
         new.observations = n + 1
+        new.vllm_version = predicted.vllm_version or self.vllm_version
         return new
 
 
@@ -325,7 +347,9 @@ class MemoryEstimate:
     ``max_concurrency_total`` multiplies by the data-parallel size.
     ``reason_code`` names why it does not fit, as :mod:`vtune._checks` reports it:
     ``invalid_parallel_layout``, ``not_enough_gpus``, ``max_model_len_above_model``,
-    ``weights_do_not_fit`` or ``kv_cache_too_small``.
+    ``weights_do_not_fit`` or ``kv_cache_too_small``. ``vllm_version`` is the release whose
+    accounting was followed (``X.Y.Z``); ``cudagraph_reserved_gib`` the part of the CUDA-graph
+    memory taken out of the KV cache before it was sized (0 where the release or runner does not).
     """
 
     device: str
@@ -362,6 +386,8 @@ class MemoryEstimate:
     raw_non_torch_gib: float = 0.0
     raw_cudagraph_gib: float = 0.0
     raw_requested_gib: float = 0.0
+    vllm_version: str = ""
+    cudagraph_reserved_gib: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; GiB rounded to 4 decimals, concurrency to 2."""
@@ -388,15 +414,19 @@ class _Resolved:
     quant: QuantShape | None
     enforce_eager: bool
     async_scheduling: bool
+    rules: VersionRules
 
 
-def _resolve(shape: ModelShape, cfg: ServeConfig, gpu: Gpu | None, device: str) -> _Resolved:
+def _resolve(shape: ModelShape, cfg: ServeConfig, gpu: Gpu | None, device: str,
+             version: str | None = None) -> _Resolved:
     tp, pp, dp = cfg.tp, cfg.pp, cfg.dp
     for flag, value in (("--tensor-parallel-size", tp), ("--pipeline-parallel-size", pp),
                         ("--data-parallel-size", dp)):
         if value < 1:
             raise VtuneError(f"{flag} must be >= 1, got {value}")
-    util = GPU_MEMORY_UTILIZATION if cfg.gpu_memory_utilization is None else cfg.gpu_memory_utilization
+    rules = version_rules(version)
+    util = default_gpu_memory_utilization(rules.version) if cfg.gpu_memory_utilization is None \
+        else cfg.gpu_memory_utilization
     if not 0 < util <= 1:
         raise VtuneError(f"--gpu-memory-utilization must be in (0, 1], got {util}")
     mml = shape.max_position_embeddings if cfg.max_model_len is None else cfg.max_model_len
@@ -406,11 +436,12 @@ def _resolve(shape: ModelShape, cfg: ServeConfig, gpu: Gpu | None, device: str) 
         gpu = resolve_gpu(None)  # the GPU estimate_memory assumes, so the batch tier matches it
     seqs, tokens = resolve_batch_limits(
         cfg.max_num_seqs, cfg.max_num_batched_tokens, max_model_len=mml,
-        enable_chunked_prefill=cfg.enable_chunked_prefill, device=device, gpu=gpu, world_size=tp * pp)
+        enable_chunked_prefill=cfg.enable_chunked_prefill, device=device, gpu=gpu, world_size=tp * pp,
+        version=rules.version)
     for flag, value in (("--max-num-seqs", seqs), ("--max-num-batched-tokens", tokens)):
         if value < 1:
             raise VtuneError(f"{flag} must be >= 1, got {value}")
-    block = cfg.block_size or default_block_size(device)
+    block = cfg.block_size or default_block_size(device, version=rules.version, mla=shape.mla is not None, gpu=gpu)
     dtype = (cfg.dtype or "auto").lower()
     if dtype == "auto":
         dtype = shape.dtype
@@ -436,7 +467,7 @@ def _resolve(shape: ModelShape, cfg: ServeConfig, gpu: Gpu | None, device: str) 
     # Async scheduling is on by default on GPUs (VllmConfig.__post_init__) and forced off on CPU.
     async_sched = device != "cpu" and (ASYNC_SCHEDULING_GPU if cfg.async_scheduling is None else cfg.async_scheduling)
     return _Resolved(tp, pp, dp, mml, util, seqs, tokens, block, float(dt_bytes), kv_bytes, quant,
-                     bool(cfg.enforce_eager) or device == "cpu", async_sched)
+                     bool(cfg.enforce_eager) or device == "cpu", async_sched, rules)
 
 
 def check_layout(shape: ModelShape, tp: int, pp: int) -> str | None:
@@ -562,14 +593,20 @@ def _capture_sizes(r: _Resolved, cfg: ServeConfig, gpu: Gpu | None = None) -> li
     if cfg.max_cudagraph_capture_size:
         limit = min(cfg.max_cudagraph_capture_size, r.max_num_batched_tokens)
     else:
-        limit = default_max_cudagraph_capture_size(r.max_num_seqs, r.max_num_batched_tokens, gpu=gpu)
+        limit = default_max_cudagraph_capture_size(r.max_num_seqs, r.max_num_batched_tokens, gpu=gpu,
+                                                   version=r.rules.version)
     sizes = [s for s in (1, 2, 4) if s <= limit]
     sizes += list(range(8, min(limit + 1, 256), 8))
     if limit >= 256:
         sizes += list(range(256, limit + 1, 16))
-    if r.max_num_batched_tokens <= limit and r.max_num_batched_tokens not in sizes:
-        sizes.append(r.max_num_batched_tokens)
-    return sizes
+    # 0.20.1 on: max_num_batched_tokens is captured when it fits; 0.31 on: max_num_seqs too.
+    extra = [r.max_num_batched_tokens] if r.rules.capture_appends_batched_tokens else []
+    if r.rules.capture_appends_max_num_seqs:
+        extra.append(r.max_num_seqs)
+    for size in extra:
+        if size <= min(limit, r.max_num_batched_tokens) and size not in sizes:
+            sizes.append(size)
+    return sorted(sizes)
 
 
 def _q_width(shape: ModelShape, tp: int) -> float:
@@ -587,25 +624,30 @@ def _qkv_width(shape: ModelShape, tp: int) -> float:
 
 
 #: MoE architectures that vLLM 0.26 runs on the V2 model runner all the same
-#: (``vllm/config/vllm.py`` ``DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES``).
-V2_RUNNER_MOE_ARCHITECTURES = frozenset({
-    "DeepseekV2ForCausalLM", "GraniteMoeForCausalLM", "InklingForCausalLM", "InklingForConditionalGeneration",
-    "LongcatFlashNgramForCausalLM", "Qwen2MoeForCausalLM",
-})
+#: (``vllm/config/vllm.py`` ``DEFAULT_V2_MODEL_RUNNER_ARCHITECTURES``; other releases in
+#: :data:`vtune._vllm_versions.RULE_CHANGES`).
+V2_RUNNER_MOE_ARCHITECTURES = version_rules("0.26.0").v2_runner_architectures
 
 
-def uses_v1_model_runner(shape: ModelShape) -> bool:
-    """Whether vLLM 0.26 runs the model on the V1 model runner (else V2).
+def uses_v1_model_runner(shape: ModelShape, version: str | None = None) -> bool:
+    """Whether vLLM runs the model on the V1 model runner (else V2) by default.
 
-    Hybrid models and MoE models outside :data:`V2_RUNNER_MOE_ARCHITECTURES` run
-    V1 (``VllmConfig._is_default_v2_model_runner_model``); seen in the logs: the
-    Qwen3-30B-A3B start has no "Using V2 Model Runner" line, the DeepSeek-V2-Lite
-    one has. Only the V1 runner takes its CUDA-graph memory estimate out of the
-    KV cache.
+    The rule of each release is :meth:`vtune._vllm_versions.VersionRules.uses_v2_runner`: V1 for
+    everything up to 0.21, V2 for more models release after release (0.26: every dense model and
+    the MoE ones of :data:`V2_RUNNER_MOE_ARCHITECTURES`), V2 for every model from 0.29. Seen in
+    the 0.26 logs: the Qwen3-30B-A3B start has no "Using V2 Model Runner" line, the DeepSeek-V2-Lite
+    one has. Only the V1 runner takes its CUDA-graph memory estimate out of the KV cache. vLLM's
+    "hybrid" exclusion (``ModelConfig.is_hybrid``) means Mamba + attention models, which vtune does
+    not model: sliding-window + full attention models (Gemma 2/3, GPT-OSS) are not hybrid there.
+
+    Args:
+        shape: The model.
+        version: vLLM version (None: the installed one).
     """
-    if shape.is_hybrid:
-        return True
-    return shape.moe is not None and not set(shape.architectures) & V2_RUNNER_MOE_ARCHITECTURES
+    rules = version_rules(version)
+    quantized = shape.quant is not None
+    return not rules.uses_v2_runner(shape.architectures, is_moe=shape.moe is not None, is_hybrid=False,
+                                    is_quantized=quantized)
 
 
 def _gpu_terms(
@@ -700,26 +742,38 @@ def _blocks_per_request(layout: _KvLayout, shape: ModelShape, r: _Resolved, cfg:
 
 
 # ------------------------------------------------------------------ estimate
+def _reported_tokens(r: _Resolved, num_blocks: int, n_groups: int, concurrency: float) -> int:
+    """The "KV cache size: N tokens" vLLM logs (``_report_kv_cache_config``, vllm/v1/core/kv_cache_utils.py).
+
+    Up to 0.20.0: ``num_blocks // len(kv_cache_groups) * min block size``; from 0.20.1:
+    ``int(max_concurrency * max_model_len)`` (``get_kv_cache_capacity`` from 0.24).
+    """
+    if r.rules.kv_tokens_from_concurrency:
+        return int(concurrency * r.max_model_len)
+    return num_blocks // max(1, n_groups) * r.block_size
+
+
 def kv_capacity(
-    shape: ModelShape, cfg: ServeConfig, kv_cache_bytes: float, *, device: str = "gpu", gpu: Gpu | None = None
+    shape: ModelShape, cfg: ServeConfig, kv_cache_bytes: float, *, device: str = "gpu", gpu: Gpu | None = None,
+    version: str | None = None,
 ) -> tuple[int, int, float]:
     """Blocks, tokens and max concurrency of a KV cache of a given size per GPU.
 
     This is the part of vLLM's accounting that is exact arithmetic: given the
     "Available KV cache memory" of a log it reproduces the "KV cache size" and
-    "Maximum concurrency" lines.
+    "Maximum concurrency" lines of that release (``version``; None: the installed one).
 
     Returns:
         ``(num_blocks, kv_cache_tokens, max_concurrency)`` for one replica.
     """
-    r = _resolve(shape, cfg, gpu, device)
+    r = _resolve(shape, cfg, gpu, device, version)
     layout = _kv_groups(shape, device != "cpu" and not cfg.disable_hybrid_kv_cache_manager)
     page = _per_layer_token_bytes(shape, r) * r.block_size
     group_size = max(len(g) for g in layout.groups)
     blocks = max(0, int(kv_cache_bytes // page // group_size))
     per_request = _blocks_per_request(layout, shape, r, cfg)
     conc = blocks / per_request
-    return blocks, int(conc * r.max_model_len), conc
+    return blocks, _reported_tokens(r, blocks, len(layout.groups), conc), conc
 
 
 def estimate_memory(
@@ -732,6 +786,7 @@ def estimate_memory(
     constants: GpuConstants = DEFAULT_CONSTANTS,
     num_gpus: int | None = None,
     cpu_kv_cache_gib: float | None = None,
+    version: str | None = None,
 ) -> MemoryEstimate:
     """Predicts vLLM's startup memory accounting for one configuration.
 
@@ -747,15 +802,19 @@ def estimate_memory(
             (``VLLM_CPU_KVCACHE_SPACE``); defaults to ``cfg.env``, this process's
             environment, then vtune's default
             (:func:`vtune._vllm_defaults.cpu_kv_cache_space_gib`).
+        version: The vLLM release whose accounting to follow (``"0.20.2"``, ``"0.26"``; 0.15-0.33;
+            None: the installed vLLM, see :func:`vtune._vllm_defaults.target_version`).
 
     Raises:
-        VtuneError: An impossible value (utilization outside (0, 1], TP 0, ...).
+        VtuneError: An impossible value (utilization outside (0, 1], TP 0, ...), or a vLLM
+            version outside 0.15-0.33.
     """
     if device not in ("gpu", "cpu"):
         raise VtuneError(f"device must be 'gpu' or 'cpu', got {device!r}")
-    r = _resolve(shape, cfg, gpu, device)
+    r = _resolve(shape, cfg, gpu, device, version)
     cal = calibration or Calibration()
     notes: list[str] = []
+    reserved_ratio = _cudagraph_reserved_ratio(shape, r, cal, constants, notes)
     reason = check_layout(shape, r.tp, r.pp)
     code = "invalid_parallel_layout" if reason else None
     if reason is None and num_gpus is not None and r.tp * r.pp * r.dp > num_gpus:
@@ -804,10 +863,7 @@ def estimate_memory(
         nt = nt_raw * cal.non_torch_scale
         cg = cg_raw * cal.cudagraph_scale
         if device != "cpu":
-            ratio = constants.cudagraph_reserved_fraction if uses_v1_model_runner(shape) else 0.0
-            if cal.cudagraph_reserved_ratio is not None:
-                ratio = cal.cudagraph_reserved_ratio
-            kv = requested - w - a - nt - ratio * cg_raw
+            kv = requested - w - a - nt - reserved_ratio * cg_raw
         in_stage = set(layers)
         group_size = max(1, max(len([i for i in g if i in in_stage]) for g in layout.groups))
         blocks = max(0, int(kv // page // group_size))
@@ -819,7 +875,7 @@ def estimate_memory(
     num_blocks = worst.num_blocks
     per_request = _blocks_per_request(layout, shape, r, cfg)
     concurrency = num_blocks / per_request
-    tokens = int(concurrency * r.max_model_len)
+    tokens = _reported_tokens(r, num_blocks, len(layout.groups), concurrency)
 
     if reason is None and device != "cpu" and heaviest.weights_bytes >= requested:
         reason = (
@@ -879,7 +935,28 @@ def estimate_memory(
         raw_non_torch_gib=raw[2] / GIB,
         raw_cudagraph_gib=raw[3] / GIB,
         raw_requested_gib=requested / GIB,
+        vllm_version=r.rules.version,
+        cudagraph_reserved_gib=(reserved_ratio * raw[3] / GIB) if device != "cpu" else 0.0,
     )
+
+
+def _cudagraph_reserved_ratio(shape: ModelShape, r: _Resolved, cal: Calibration, c: GpuConstants,
+                              notes: list[str]) -> float:
+    """Share of the (uncalibrated) CUDA-graph estimate taken out of the KV cache on this release.
+
+    0 before 0.20 (no estimate, or one only logged) and on the V2 model runner; otherwise
+    :attr:`GpuConstants.cudagraph_reserved_fraction`, or what a calibration of the same release learned.
+    """
+    reserves = r.rules.reserves_cudagraph_memory(shape.architectures, is_moe=shape.moe is not None,
+                                                 is_hybrid=False, is_quantized=r.quant is not None)
+    ratio = c.cudagraph_reserved_fraction if reserves else 0.0
+    if cal.cudagraph_reserved_ratio is not None:
+        if cal.vllm_version is None or cal.vllm_version == r.rules.version:
+            ratio = cal.cudagraph_reserved_ratio
+        else:
+            notes.append(f"calibration from vLLM {cal.vllm_version}: its CUDA-graph reservation is not used for "
+                         f"{r.rules.version} (the release's rule is)")
+    return ratio
 
 
 def parameter_count(shape: ModelShape) -> int:

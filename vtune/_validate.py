@@ -86,6 +86,7 @@ def validate_config(
     cpu_kv_cache_gib: float | None = None,
     argv: Sequence[str] | None = None,
     vllm_check: bool = False,
+    version: str | None = None,
 ) -> ValidationReport:
     """Finds what will fail and what will underperform in a configuration.
 
@@ -99,6 +100,8 @@ def validate_config(
         cpu_kv_cache_gib: CPU engine KV cache space (``--cpu-kv-cache-gib``).
         argv: The flags as the user wrote them (for contradictory flags).
         vllm_check: Also parse the flags with the installed vLLM's parser (a child process, 5-10 s).
+        version: The vLLM release whose accounting the estimate follows (None: the installed one, or
+            the one :func:`vtune._vllm_defaults.use_vllm_version` set).
     """
     report = ValidationReport(device=device)
     if device == "cpu":
@@ -109,7 +112,7 @@ def validate_config(
             pass  # reported by the cpu_kv_cache_space_invalid check
     try:
         report.estimate = estimate_memory(shape, cfg, gpu, device=device, num_gpus=num_gpus,
-                                          cpu_kv_cache_gib=cpu_kv_cache_gib)
+                                          cpu_kv_cache_gib=cpu_kv_cache_gib, version=version)
     except VtuneError:
         pass  # precheck reports the value
     findings = precheck(cfg, shape=shape, gpu=gpu, device=device, num_gpus=num_gpus, estimate=report.estimate,

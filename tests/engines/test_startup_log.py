@@ -224,6 +224,8 @@ GPU_EXPECTED: dict[str, dict[str, Any]] = {
         "num_engines": 2,
         "kv_cache_tokens_per_engine": [419792, 417824],
         "vllm_version": "0.26.0",
+        "cudagraph_estimate_gib": 0.99,
+        "cudagraph_estimate_reserved": True,
     },
 }
 

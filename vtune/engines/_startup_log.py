@@ -40,7 +40,12 @@ Wordings covered (format strings read from the vLLM sources of each release):
   weight, ... Current kv cache memory in use is 58.89 GiB.`` (0.10: ``... is
   63235466854 bytes.``), and the 0.2x CUDA graph estimate lines ``Estimated CUDA
   graph memory: 0.98 GiB total`` and ``CUDA graph pool memory: 0.96 GiB (actual),
-  0.98 GiB (estimated), ...``.
+  0.98 GiB (estimated), ...``; 0.27 on, the summary reads ``Actual usage is 15.5 GiB for
+  consumed memory (weights + non-torch), 2.1 GiB for peak activation, and 0.96 GiB for
+  CUDAGraph memory`` (the activation includes the CUDA-graph estimate taken out of the KV
+  cache: ``consumed_gib``, ``cudagraph_estimate_gib`` and ``cudagraph_estimate_reserved`` keep
+  what is needed to split it), and ``CUDA graph memory profiling is enabled`` (0.18 on) says
+  the estimate was taken out.
 * CPU engine: ``Explicitly set (1.0/7.46) GiB for KV cache on node 0.``, ``Auto
   set (2.47/10.21) GiB for KV cache on node 0, with 3.06 GiB requested memory for
   the worker. ...`` (0.2x - 0.3x) and ``VLLM_CPU_KVCACHE_SPACE not set. Using 5.0
@@ -202,6 +207,11 @@ class StartupNumbers:
         num_engines: How many engine cores reported a KV cache size.
         kv_cache_tokens_per_engine: KV cache tokens of each engine, in log order.
         vllm_version: The vLLM version the log names.
+        consumed_gib: 0.27 on: weights + non-torch memory as one amount (the free-memory drop).
+        cudagraph_estimate_gib: The CUDA-graph memory estimated before the KV cache was sized
+            (``Estimated CUDA graph memory``, 0.18 on).
+        cudagraph_estimate_reserved: True when the log says CUDA-graph memory profiling is
+            enabled (the estimate was taken out of the KV cache), False when it says disabled.
         evidence: Field name -> the log line the value came from (lines joined by
             a newline where a value adds several lines).
     """
@@ -227,6 +237,9 @@ class StartupNumbers:
     num_engines: int | None = None
     kv_cache_tokens_per_engine: list[int] = field(default_factory=list)
     vllm_version: str | None = None
+    consumed_gib: float | None = None
+    cudagraph_estimate_gib: float | None = None
+    cudagraph_estimate_reserved: bool | None = None
     evidence: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -279,6 +292,8 @@ _FLOAT_FIELDS = (
     "graph_capture_s",
     "torch_compile_s",
     "engine_init_s",
+    "consumed_gib",
+    "cudagraph_estimate_gib",
 )
 
 
@@ -302,7 +317,8 @@ class _Obs:
 # How values of the winning rank from several lines are combined.
 _MIN_FIELDS = frozenset({"kv_cache_gib"})
 _SUM_THEN_MAX_FIELDS = frozenset({"torch_compile_s"})
-_LAST_FIELDS = frozenset({"device", "vllm_version", "block_size", "gpu_memory_utilization"})
+_LAST_FIELDS = frozenset({"device", "vllm_version", "block_size", "gpu_memory_utilization",
+                          "cudagraph_estimate_reserved"})
 
 _GIB = r"(-?\d+(?:\.\d+)?)"
 _NUMBER = r"(\d+(?:\.\d+)?)"
@@ -442,6 +458,27 @@ def _actual_usage(m: re.Match[str], ln: LogLine) -> Iterable[_Obs]:
     yield _Obs("cudagraph_gib", float(m.group(4)), 0, ln)
 
 
+@_rule(
+    r"Actual usage is "
+    + _GIB
+    + r" GiB for consumed memory \(weights \+ non-torch\), "
+    + _GIB
+    + r" GiB for peak activation, and "
+    + _GIB
+    + r" GiB for CUDAGraph memory"
+)
+def _actual_usage_consumed(m: re.Match[str], ln: LogLine) -> Iterable[_Obs]:
+    # 0.27 on (vllm/v1/worker/gpu_worker.py): the activation includes the applied CUDA-graph estimate.
+    yield _Obs("consumed_gib", float(m.group(1)), 0, ln)
+    yield _Obs("activation_peak_gib", float(m.group(2)), 0, ln)
+    yield _Obs("cudagraph_gib", float(m.group(3)), 0, ln)
+
+
+@_rule(r"CUDA graph memory profiling is (enabled|disabled)")
+def _cg_profiling_state(m: re.Match[str], ln: LogLine) -> Iterable[_Obs]:
+    yield _Obs("cudagraph_estimate_reserved", m.group(1) == "enabled", 0, ln)
+
+
 @_rule(r"Current kv cache memory in use is (?:" + _GIB + r" GiB|(\d+) bytes)")
 def _current_kv(m: re.Match[str], ln: LogLine) -> Iterable[_Obs]:
     if m.group(1) is not None:
@@ -472,6 +509,7 @@ def _graph_pool(m: re.Match[str], ln: LogLine) -> Iterable[_Obs]:
 @_rule(r"Estimated CUDA graph memory: " + _GIB + r" GiB total")
 def _graph_estimate(m: re.Match[str], ln: LogLine) -> Iterable[_Obs]:
     yield _Obs("cudagraph_gib", float(m.group(1)), 1, ln)
+    yield _Obs("cudagraph_estimate_gib", float(m.group(1)), 0, ln)
     yield _Obs("device", "gpu", 2, ln)
 
 
