@@ -56,6 +56,7 @@ from vtune._vllm_defaults import (
     default_max_cudagraph_capture_size,
     resolve_batch_limits,
 )
+from vtune._weights import _padded_vocab, _stage_weights, parameter_count
 
 __all__ = [
     "GPU_CATALOG",
@@ -467,93 +468,6 @@ def pp_partition(num_layers: int, pp: int) -> list[range]:
     return out
 
 
-# ------------------------------------------------------------------ weights
-def _linear_bytes(n_params: float, r: _Resolved, *, expert: bool) -> float:
-    """Bytes of ``n_params`` linear weights in the resolved format.
-
-    int4 (AWQ/GPTQ): 0.5 B + one fp16 scale and one packed 4-bit zero per group.
-    mxfp4: 0.5 B + one uint8 scale per 32. fp8/int8: 1 B + per-channel scales
-    (negligible). Unquantized: the dtype.
-    """
-    q = r.quant
-    if q is None or (q.experts_only and not expert):
-        return n_params * r.weight_bytes
-    if q.weight_bits == 8:
-        return n_params * 1.0
-    group = q.group_size or 128
-    if q.method == "mxfp4" or q.method.startswith("nvfp4"):
-        return n_params * (0.5 + 1.0 / group)
-    return n_params * (0.5 + 2.5 / group)
-
-
-def _layer_weights(shape: ModelShape, r: _Resolved, layer: int) -> float:
-    h, tp = shape.hidden_size, r.tp
-    dt = r.weight_bytes
-    total = 0.0
-    if shape.mla:
-        m = shape.mla
-        qk_head = m.qk_nope_head_dim + m.qk_rope_head_dim
-        if m.q_lora_rank:
-            total += _linear_bytes(h * m.q_lora_rank, r, expert=False) + m.q_lora_rank * dt
-            total += _linear_bytes(m.q_lora_rank * shape.num_heads * qk_head / tp, r, expert=False)
-        else:
-            total += _linear_bytes(h * shape.num_heads * qk_head / tp, r, expert=False)
-        total += _linear_bytes(h * (m.kv_lora_rank + m.qk_rope_head_dim), r, expert=False)
-        total += m.kv_lora_rank * dt
-        total += _linear_bytes(
-            m.kv_lora_rank * shape.num_heads * (m.qk_nope_head_dim + m.v_head_dim) / tp, r, expert=False
-        )
-        total += _linear_bytes(shape.num_heads * m.v_head_dim / tp * h, r, expert=False)
-    else:
-        q_out = shape.num_heads * shape.head_dim / tp
-        kv_out = 2 * max(1, shape.num_kv_heads // tp) * shape.head_dim
-        total += _linear_bytes(h * (q_out + kv_out), r, expert=False)
-        total += _linear_bytes(q_out * h, r, expert=False)
-        if shape.qkv_bias:
-            total += (q_out + kv_out) * dt
-        if shape.qk_norm:
-            total += 2 * shape.head_dim * dt
-    total += 2 * h * dt  # input and post-attention RMSNorm
-    moe = shape.moe
-    if moe and shape.moe_layers and shape.moe_layers[layer]:
-        e_params = moe.num_experts * 3 * h * moe.expert_intermediate_size / tp
-        total += _linear_bytes(e_params, r, expert=True)
-        if moe.expert_bias:
-            total += moe.num_experts * (2 * moe.expert_intermediate_size / tp + h) * dt
-        total += h * moe.num_experts * dt + (moe.num_experts * dt if moe.router_bias else 0)
-        if moe.shared_intermediate_size:
-            total += _linear_bytes(3 * h * moe.shared_intermediate_size / tp, r, expert=False)
-            if moe.shared_expert_gate:
-                total += h * dt
-    else:
-        total += _linear_bytes(3 * h * shape.intermediate_size / tp, r, expert=False)
-    if shape.model_type.startswith("gemma2") or shape.model_type.startswith("gemma3"):
-        total += 2 * h * dt  # pre/post feed-forward norms
-    return total
-
-
-def _padded_vocab(shape: ModelShape) -> int:
-    """Vocabulary padded to a multiple of 64 (``DEFAULT_VOCAB_PADDING_SIZE``)."""
-    return -(-shape.vocab_size // 64) * 64
-
-
-def _stage_weights(shape: ModelShape, r: _Resolved, stage: int, layers: range) -> float:
-    dt = r.weight_bytes
-    embed = _padded_vocab(shape) / r.tp * shape.hidden_size * dt
-    total = sum(_layer_weights(shape, r, i) for i in layers)
-    first, last = stage == 0, stage == r.pp - 1
-    if first:
-        total += embed + shape.vision_params * dt / r.tp
-        # Rotary cos/sin cache (one per model, max_position x rotary_dim in the model dtype).
-        rot = shape.mla.qk_rope_head_dim if shape.mla else shape.head_dim
-        total += shape.max_position_embeddings * rot * dt
-    if last:
-        total += shape.hidden_size * dt  # final norm
-        if not (shape.tie_word_embeddings and first):
-            total += embed  # lm_head (its own copy unless tied on the same stage)
-    return total
-
-
 # ------------------------------------------------------- measured terms (GPU)
 def _capture_sizes(r: _Resolved, cfg: ServeConfig, gpu: Gpu | None = None) -> list[int]:
     """CUDA-graph capture sizes as vLLM's ``_set_cudagraph_sizes`` picks them."""
@@ -880,15 +794,6 @@ def estimate_memory(
         raw_cudagraph_gib=raw[3] / GIB,
         raw_requested_gib=requested / GIB,
     )
-
-
-def parameter_count(shape: ModelShape) -> int:
-    """Parameters of the model (weights as stored, vision tower included, rotary cache excluded)."""
-    r = _resolve(shape, ServeConfig(dtype="float32"), None, "gpu")
-    one_byte = _Resolved(**{**r.__dict__, "weight_bytes": 1.0, "quant": None})
-    total = _stage_weights(shape, one_byte, 0, range(shape.num_layers))
-    rot = shape.mla.qk_rope_head_dim if shape.mla else shape.head_dim
-    return int(total - shape.max_position_embeddings * rot)
 
 
 def valid_layouts(shape: ModelShape, num_gpus: int) -> list[tuple[int, int, int]]:
