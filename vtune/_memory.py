@@ -47,6 +47,7 @@ from typing import Any
 
 from vtune._errors import VtuneError
 from vtune._model_shape import ModelShape, QuantShape, quant_from_method
+from vtune._multimodal_memory import encoder_profile, limit_mm_per_prompt, multimodal_profile_peak_bytes
 from vtune._serve_config import ServeConfig
 from vtune._vllm_defaults import (
     ASYNC_SCHEDULING_GPU,
@@ -363,6 +364,7 @@ class MemoryEstimate:
     raw_non_torch_gib: float = 0.0
     raw_cudagraph_gib: float = 0.0
     raw_requested_gib: float = 0.0
+    encoder_cache_gib: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; GiB rounded to 4 decimals, concurrency to 2."""
@@ -558,6 +560,12 @@ class _KvLayout:
 def _kv_groups(shape: ModelShape, hybrid_manager: bool) -> _KvLayout:
     """KV cache groups as ``get_kv_cache_groups`` builds them.
 
+    Kinds per layer come from :func:`vtune._model_shape._layer_kinds`: ``sliding`` for Gemma 2/3's
+    ``layer_types`` and gpt-oss's even layers (whose attention sinks are a per-head parameter and add
+    no KV), ``cross`` for Llama 3.2 Vision's cross-attention layers (``CrossAttentionSpec``; vLLM
+    refuses that model since 0.10.2, see :func:`vtune._model_shape.vllm_refuses`). MLA layers are
+    one latent "head" on every TP rank (:func:`_per_layer_token_bytes`).
+
     Uniform models get one group. Mixed sliding/full models, with the hybrid
     KV cache manager on (GPUs, unless disabled), get groups of equal size:
     the smallest type's layer count (or the largest when within 1.5x), each
@@ -608,6 +616,9 @@ def _blocks_per_request(layout: _KvLayout, shape: ModelShape, r: _Resolved, cfg:
         if kind == "sliding" and layout.credited and shape.sliding_window:
             tokens = min(shape.sliding_window - 1 + in_flight, r.max_model_len)
             total += -(-tokens // r.block_size) + 1
+        elif kind == "cross" and layout.credited:
+            # CrossAttentionSpec: the encoder's states, max_num_encoder_input_tokens (= batched tokens) long.
+            total += -(-r.max_num_batched_tokens // r.block_size)
         else:
             total += full
     return total
@@ -704,6 +715,12 @@ def estimate_memory(
         total_gib = gpu.memory_gib
         requested = math.ceil(gpu.memory_bytes * r.util)
 
+    mm = encoder_profile(shape, max_model_len=r.max_model_len, max_num_batched_tokens=r.max_num_batched_tokens,
+                         max_num_seqs=r.max_num_seqs, limits=limit_mm_per_prompt(cfg), tp=r.tp,
+                         enable_chunked_prefill=cfg.enable_chunked_prefill is not False, dtype_bytes=r.weight_bytes)
+    if mm is not None and device != "cpu":
+        notes.append(f"multimodal profile: {mm.items_per_batch} {mm.modality} item(s) of {mm.max_tokens_per_item} "
+                     f"tokens, {mm.output_bytes / GIB:.2f} GiB of encoder output held at the activation peak")
     stages: list[StageEstimate] = []
     raws: list[tuple[float, float, float, float]] = []
     for s, layers in enumerate(pp_partition(shape.num_layers, r.pp)):
@@ -713,6 +730,7 @@ def estimate_memory(
             kv = space * GIB  # the space is per worker: every TP/PP rank allocates it
         else:
             a_raw, nt_raw, cg_raw = _gpu_terms(shape, r, cfg, constants, s, len(layers), gpu)
+            a_raw = multimodal_profile_peak_bytes(mm, a_raw)  # encoder outputs held during the profile run
         w = w_raw * cal.weights_scale
         a = a_raw * cal.activation_scale
         nt = nt_raw * cal.non_torch_scale
@@ -793,6 +811,7 @@ def estimate_memory(
         raw_non_torch_gib=raw[2] / GIB,
         raw_cudagraph_gib=raw[3] / GIB,
         raw_requested_gib=requested / GIB,
+        encoder_cache_gib=(mm.output_bytes / GIB if mm is not None and device != "cpu" else 0.0),
     )
 
 

@@ -561,7 +561,8 @@ def _vision(data: dict[str, Any], text_hidden: int, processor: dict[str, Any]) -
     video = processor.get("video") or {}
 
     def longest(proc: dict[str, Any], default: int) -> int:
-        size = proc.get("size") if isinstance(proc.get("size"), dict) else {}
+        raw = proc.get("size")
+        size: dict[str, Any] = raw if isinstance(raw, dict) else {}
         value = size.get("longest_edge") or proc.get("max_pixels")
         return int(value) if isinstance(value, int) and value > 0 else default
 
