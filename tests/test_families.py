@@ -250,7 +250,7 @@ def test_gpt_oss_mxfp4_width_padded_to_64_per_rank():
     shape = shape_from_config(GPT_OSS_20B)
     layer = stage_tensors(shape, _r(shape, tensor_parallel_size=2), 0, range(1))
     expected = 32 * 2944 * 1440 + 32 * 2944 * 90 + 32 * 2880 * 736 + 32 * 2880 * 46 + 32 * (2944 + 2880) * 2
-    assert _bytes(layer, "layers.N.mlp.experts") == expected == 216_580_096  # unpadded half: 211,783,680
+    assert _bytes(layer, "layers.N.mlp.experts") == expected == 216_580_096  # unpadded (1440 columns): 211,875,840
 
 
 def test_gpt_oss_sliding_layers_by_index_and_sinks_add_no_kv():
