@@ -22,8 +22,10 @@ It mirrors the V1 GPU worker (``vllm/v1/worker/gpu_worker.py``
 * the engine refuses to start unless one max_model_len request fits
   (``_check_enough_kv_cache_memory``).
 
-Weights, page sizes and the KV grouping of hybrid (sliding-window + full)
-models are computed exactly from the architecture. The three terms vLLM
+Weights (summed from the tensors each rank holds, :mod:`vtune._weights`), page sizes
+and the KV grouping of hybrid (sliding-window + full) models are computed exactly from
+the architecture; a VLM's encoder outputs held during the profile run join the activation
+peak (:mod:`vtune._multimodal_memory`). The three terms vLLM
 *measures* (activation peak, non-torch memory, CUDA-graph memory) are modelled
 by formulas whose constants are listed in :class:`GpuConstants` with where each
 came from; :class:`Calibration` rescales them from what a real engine reported
