@@ -47,13 +47,30 @@ def test_qwen3_vl_2b_weights_from_its_tensors():
     Text (models/qwen3.py): embedding 151,936 (a multiple of 64) x 2048 = 311,164,928, tied; a layer:
     qkv (16 + 2 x 8) x 128 x 2048, o 2048 x 2048, q/k norms 2 x 128, gate_up 2 x 6144 x 2048,
     down 6144 x 2048, 2 norms = 50,336,000 (x 28); final norm 2048.
-    Rotary (MRotaryEmbedding) cache: 262,144 x 128 buffer.
+    Rotary (MRotaryEmbedding) cache: 262,144 x 128 buffer. Qwen3VLForConditionalGeneration also allocates
+    ``deepstack_input_embeds``: 3 zeros buffers of (max_num_batched_tokens = 8192 here) x 2048.
     """
     shape = shape_from_config(QWEN3_VL_2B)
     assert shape.vision_params == 406_957_056
     assert parameter_count(shape) == 311_164_928 + 28 * 50_336_000 + 2048 + 406_957_056 == 2_127_532_032
     e = estimate_memory(shape, ServeConfig(max_model_len=40960), H200)
-    assert e.weights_gib * GIB == pytest.approx((2_127_532_032 + 262_144 * 128) * 2, abs=1)
+    assert e.max_num_batched_tokens == 8192
+    assert e.weights_gib * GIB == pytest.approx((2_127_532_032 + 262_144 * 128 + 3 * 8192 * 2048) * 2, abs=1)
+
+
+def test_vision_tower_not_built_when_its_modalities_are_off():
+    """models/interfaces.py _mark_tower_model: every tower modality at --limit-mm-per-prompt 0 ->
+    StageMissingLayer, no tower weights (the deepstack buffers are still allocated); the tower is
+    built on every pipeline stage (qwen3_vl.py builds ``self.visual`` outside any is_first_rank)."""
+    shape = shape_from_config(QWEN3_VL_2B)
+    base = ServeConfig(max_model_len=40960)
+    off = ServeConfig(max_model_len=40960, extra_args=["--limit-mm-per-prompt", '{"image": 0, "video": 0}'])
+    images_only = ServeConfig(max_model_len=40960, extra_args=["--limit-mm-per-prompt", '{"video": 0}'])
+    full = estimate_memory(shape, base, H200).weights_gib
+    assert full - estimate_memory(shape, off, H200).weights_gib == pytest.approx(406_957_056 * 2 / GIB)
+    assert estimate_memory(shape, images_only, H200).weights_gib == full
+    r = _r(shape, pipeline_parallel_size=2)
+    assert _bytes(stage_tensors(shape, r, 1, pp_partition(28, 2)[1]), "visual") > 0
 
 
 def test_qwen3_vl_vision_under_tp_keeps_norms_and_embeddings_whole():

@@ -726,7 +726,7 @@ def estimate_memory(
     stages: list[StageEstimate] = []
     raws: list[tuple[float, float, float, float]] = []
     for s, layers in enumerate(pp_partition(shape.num_layers, r.pp)):
-        w_raw = _stage_weights(shape, r, s, layers)
+        w_raw = _stage_weights(shape, r, s, layers, cfg)
         if device == "cpu":
             a_raw = nt_raw = cg_raw = 0.0
             kv = space * GIB  # the space is per worker: every TP/PP rank allocates it

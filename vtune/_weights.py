@@ -44,17 +44,22 @@ What the table follows, by family (vLLM 0.26.0; unchanged in 0.32.0/0.33.0 unles
   ``Gemma3MultiModalProjector``), Pixtral (``pixtral.py`` ``PixtralHFVisionModel``)
   and the Mistral 3 projector (``mistral3.py``). ViT linears are split over the TP
   ranks (``mm_encoder_tp_mode="weights"``, the default); norms, convolutions and
-  position embeddings are whole.
+  position embeddings are whole. The tower is built on every pipeline stage, and not at all
+  when ``--limit-mm-per-prompt`` sets all its modalities to 0 (:func:`tower_skipped`);
+  Qwen3-VL also allocates ``deepstack_input_embeds``, one ``(max_num_batched_tokens,
+  hidden)`` buffer per deepstack level.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from vtune._model_shape import ModelShape, QuantShape, VisionShape
+from vtune._multimodal_memory import limit_mm_per_prompt
+from vtune._serve_config import ServeConfig
 
 __all__ = [
     "RankSpec",
@@ -63,6 +68,8 @@ __all__ = [
     "parameter_count",
     "stage_tensors",
     "stage_weight_bytes",
+    "tower_modalities",
+    "tower_skipped",
     "vision_parameter_count",
     "vision_tensors",
 ]
@@ -93,6 +100,15 @@ class RankSpec(Protocol):
     @property
     def quant(self) -> QuantShape | None:
         """Weight quantization in effect."""
+        ...
+
+
+class ResolvedSpec(RankSpec, Protocol):
+    """A :class:`RankSpec` that also knows the batch size (``vtune._memory._Resolved``)."""
+
+    @property
+    def max_num_batched_tokens(self) -> int:
+        """Resolved ``--max-num-batched-tokens``."""
         ...
 
 
@@ -341,7 +357,26 @@ def _merge(tensors: Iterable[Tensor]) -> list[Tensor]:
     return [Tensor(n, s, i, c, p) for (n, s, i, p), c in merged.items()]
 
 
-def stage_tensors(shape: ModelShape, r: RankSpec, stage: int, layers: Sequence[int] | range) -> list[Tensor]:
+def tower_modalities(v: VisionShape) -> frozenset[str]:
+    """The modalities a tower serves (``_mark_tower_model(vllm_config, ...)`` of its model)."""
+    return frozenset({"image"}) if v.kind in ("siglip", "pixtral") else frozenset({"image", "video"})
+
+
+def tower_skipped(shape: ModelShape, limits: Mapping[str, int] | None) -> bool:
+    """Whether vLLM builds the vision tower as a ``StageMissingLayer`` (no weights).
+
+    ``SupportsMultiModal._mark_tower_model`` skips it when ``--limit-mm-per-prompt`` sets every
+    modality of the tower to 0 (0.26.0; unset modalities count 999).
+    """
+    if shape.vision is None or not limits:
+        return False
+    return all(limits.get(m, 999) == 0 for m in tower_modalities(shape.vision))
+
+
+def stage_tensors(
+    shape: ModelShape, r: RankSpec, stage: int, layers: Sequence[int] | range, *,
+    limits: Mapping[str, int] | None = None, max_num_batched_tokens: int = 0,
+) -> list[Tensor]:
     """Every tensor one GPU of pipeline stage ``stage`` holds (``layers.N`` entries carry ``copies``).
 
     Args:
@@ -349,15 +384,26 @@ def stage_tensors(shape: ModelShape, r: RankSpec, stage: int, layers: Sequence[i
         r: Parallel layout, dtype and quantization in effect.
         stage: Pipeline stage index.
         layers: Decoder layers of that stage (``vtune._memory.pp_partition``).
+        limits: ``--limit-mm-per-prompt`` counts (a tower whose modalities are all 0 is not built).
+        max_num_batched_tokens: Sizes Qwen3-VL's ``deepstack_input_embeds`` buffers (0: left out).
     """
     dt, h = r.weight_bytes, shape.hidden_size
     vocab_rows = _cdiv(_padded_vocab(shape), r.tp)  # vLLM asserts it divides
     out: list[Tensor] = []
     first, last = stage == 0, stage == r.pp - 1
+    v = shape.vision
+    if v is not None:
+        # The tower is built on every pipeline stage (qwen3_vl.py, gemma3_mm.py, mistral3.py build it
+        # outside any is_first_rank test), and its weights are loaded there.
+        if not tower_skipped(shape, limits):
+            out += vision_tensors(v, r.tp, dt)
+        if v.kind == "qwen3_vl" and v.deepstack_layers and max_num_batched_tokens:
+            # Qwen3VLForConditionalGeneration.__init__: one zeros (max_num_batched_tokens, text hidden)
+            # buffer per deepstack level, in the model dtype, allocated with the model.
+            out.append(Tensor("deepstack_input_embeds", (max_num_batched_tokens, h), dt, v.deepstack_layers,
+                              parameter=False))
     if first:
         out.append(Tensor("embed_tokens.weight", (vocab_rows, h), dt))
-        if shape.vision is not None:
-            out += vision_tensors(shape.vision, r.tp, dt)
     for i in layers:
         out += _layer(shape, r, i)
     if len(layers):
@@ -370,13 +416,26 @@ def stage_tensors(shape: ModelShape, r: RankSpec, stage: int, layers: Sequence[i
     return _merge(out)
 
 
-def stage_weight_bytes(shape: ModelShape, r: RankSpec, stage: int, layers: Sequence[int] | range) -> float:
-    """Weight bytes one GPU of the stage holds (what vLLM logs as "Model loading took")."""
-    return sum(t.nbytes for t in stage_tensors(shape, r, stage, layers))
+def stage_weight_bytes(
+    shape: ModelShape, r: RankSpec, stage: int, layers: Sequence[int] | range, *,
+    limits: Mapping[str, int] | None = None, max_num_batched_tokens: int = 0,
+) -> float:
+    """Weight bytes one GPU of the stage holds (what vLLM logs as "Model loading took").
+
+    Arguments as :func:`stage_tensors`.
+    """
+    return sum(t.nbytes for t in stage_tensors(shape, r, stage, layers, limits=limits,
+                                               max_num_batched_tokens=max_num_batched_tokens))
 
 
-#: The old name :mod:`vtune._memory` calls.
-_stage_weights = stage_weight_bytes
+def _stage_weights(shape: ModelShape, r: ResolvedSpec, stage: int, layers: Sequence[int] | range,
+                   cfg: ServeConfig | None = None) -> float:
+    """What :mod:`vtune._memory` calls.
+
+    :func:`stage_weight_bytes` with the configuration's ``--limit-mm-per-prompt`` and batched tokens.
+    """
+    limits = limit_mm_per_prompt(cfg) if cfg is not None else None
+    return stage_weight_bytes(shape, r, stage, layers, limits=limits, max_num_batched_tokens=r.max_num_batched_tokens)
 
 
 def parameter_count(shape: ModelShape) -> int:
