@@ -141,6 +141,33 @@ def test_limit_mm_per_prompt_flag_forms():
     assert estimate_memory(shape, cfg, H200).encoder_cache_gib == 0.0
 
 
+QWEN2_5_VL_7B = {
+    # Qwen/Qwen2.5-VL-7B-Instruct config.json (text part as Qwen2.5-7B).
+    "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl", "hidden_size": 3584,
+    "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+    "vocab_size": 152064, "max_position_embeddings": 128000, "torch_dtype": "bfloat16",
+    "tie_word_embeddings": False,
+    "vision_config": {"depth": 32, "hidden_act": "silu", "hidden_size": 1280, "intermediate_size": 3420,
+                      "num_heads": 16, "in_chans": 3, "out_hidden_size": 3584, "patch_size": 14,
+                      "spatial_merge_size": 2, "spatial_patch_size": 14, "window_size": 112,
+                      "fullatt_block_indexes": [7, 15, 23, 31], "tokens_per_second": 2, "temporal_patch_size": 2,
+                      "model_type": "qwen2_5_vl"},
+}
+
+
+def test_qwen2_5_vl_tower():
+    """models/qwen2_5_vl.py: Conv3d 1280 x 3 x 2 x 14 x 14 (no bias); a block: two RMSNorms 2 x 1280, qkv
+    1280 x 3840 + 3840, proj 1280^2 + 1280, gate_up 1280 x 6840 + 6840, down 3420 x 1280 + 1280 =
+    19,702,200 (x 32); merger: ln_q 1280, 5120 x 5120 + 5120, 5120 x 3584 + 3584 = 44,574,464.
+    676,550,144 ("675M ViT"); the old formula gave 676,531,584."""
+    shape = shape_from_config(QWEN2_5_VL_7B)
+    block = 2 * 1280 + 1280 * 3840 + 3840 + 1280 * 1280 + 1280 + 1280 * 6840 + 6840 + 3420 * 1280 + 1280
+    assert block == 19_702_200
+    merger = 1280 + 5120 * 5120 + 5120 + 5120 * 3584 + 3584
+    assert shape.vision_params == 1280 * 3 * 2 * 14 * 14 + 32 * block + merger == 676_550_144
+    assert shape.vision is not None and shape.vision.kind == "qwen2_5_vl"
+
+
 # ------------------------------------------------------------------- Qwen3 small, tied
 def test_qwen3_0_6b_tied_embedding_once_and_copied_under_pp():
     """Qwen/Qwen3-0.6B (models/qwen3.py): embedding 151,936 x 1024 = 155,582,464; a layer

@@ -130,7 +130,7 @@ class VisionShape:
     """A VLM's vision tower and projector, as vLLM's implementation builds them.
 
     Attributes:
-        kind: Which implementation: ``qwen3_vl``, ``qwen2_5_vl``, ``qwen2_vl``, ``siglip`` (Gemma 3),
+        kind: Which implementation: ``qwen3_vl``, ``qwen2_5_vl``, ``siglip`` (Gemma 3),
             ``pixtral`` (Mistral 3.1) or ``generic`` (a ViT counted by the old parameter formula).
         hidden_size: Vision transformer width.
         depth: Vision transformer blocks.
@@ -576,6 +576,14 @@ def _vision(data: dict[str, Any], text_hidden: int, processor: dict[str, Any]) -
             deepstack_layers=len(vc.get("deepstack_visual_indexes") or []),
             # Qwen2VLImageProcessorFast / Qwen3VLVideoProcessor defaults when the folder has no processor files.
             max_image_pixels=longest(image, 16777216), max_video_pixels=longest(video, 25165824),
+        )
+    if top == "qwen2_5_vl" or vtype == "qwen2_5_vl":
+        return VisionShape(
+            kind="qwen2_5_vl", hidden_size=h, depth=depth, intermediate_size=inter, num_heads=heads,
+            patch_size=patch, in_channels=channels, temporal_patch_size=int(vc.get("temporal_patch_size", 2)),
+            spatial_merge_size=int(vc.get("spatial_merge_size", 2)),
+            out_hidden_size=int(_get(vc, "out_hidden_size", default=text_hidden)),
+            max_image_pixels=longest(image, 12845056),
         )
     if top == "gemma3" or vtype == "siglip_vision_model":
         return VisionShape(

@@ -39,7 +39,8 @@ What the table follows, by family (vLLM 0.26.0; unchanged in 0.32.0/0.33.0 unles
   and nvfp4 (4-bit with 8-bit block scales);
 * vision towers (:func:`vision_tensors`): Qwen3-VL (``qwen3_vl.py``: Conv3d patch
   embed with bias, learned position embedding, ViT blocks with LayerNorms and biases,
-  the merger and one deepstack merger per ``deepstack_visual_indexes`` entry),
+  the merger and one deepstack merger per ``deepstack_visual_indexes`` entry), Qwen2.5-VL
+  (``qwen2_5_vl.py``: RMSNorms, gated MLP; weights only, its encoder budget is not modelled),
   Gemma 3's SigLIP (``siglip.py``) and projector (``gemma3_mm.py``
   ``Gemma3MultiModalProjector``), Pixtral (``pixtral.py`` ``PixtralHFVisionModel``)
   and the Mistral 3 projector (``mistral3.py``). ViT linears are split over the TP
@@ -486,6 +487,21 @@ def vision_tensors(v: VisionShape, tp: int, dtype_bytes: float) -> list[Tensor]:
             norm(f"{name}.norm", h if m == 0 else merged, True)  # deepstack: use_postshuffle_norm
             lin(f"{name}.linear_fc1", merged // tp, merged, True)
             lin(f"{name}.linear_fc2", v.out_hidden_size, merged // tp, True)
+        return out
+    if v.kind == "qwen2_5_vl":
+        # qwen2_5_vl.py: Conv3d without bias, RMSNorms, gated MLP with biases, merger ln_q + two linears.
+        t = v.temporal_patch_size
+        out.append(Tensor("visual.patch_embed.proj.weight", (h, v.in_channels, t, v.patch_size, v.patch_size), dt))
+        norm("blocks.N.norm1", h, False, v.depth)
+        norm("blocks.N.norm2", h, False, v.depth)
+        lin("blocks.N.attn.qkv", 3 * h // tp, h, True)
+        lin("blocks.N.attn.proj", h, h // tp, True)
+        lin("blocks.N.mlp.gate_up_proj", 2 * inter // tp, h, True)
+        lin("blocks.N.mlp.down_proj", h, inter // tp, True)
+        merged = h * v.spatial_merge_size ** 2
+        norm("visual.merger.ln_q", h, False)
+        lin("visual.merger.mlp.0", merged // tp, merged, True)
+        lin("visual.merger.mlp.2", v.out_hidden_size, merged // tp, True)
         return out
     if v.kind == "siglip":
         patches = (v.image_size // v.patch_size) ** 2
