@@ -139,6 +139,8 @@ def test_limit_mm_per_prompt_flag_forms():
     shape = shape_from_config(QWEN3_VL_2B)
     cfg = ServeConfig(max_model_len=40960, extra_args=["--limit-mm-per-prompt", '{"image": 0, "video": 0}'])
     assert estimate_memory(shape, cfg, H200).encoder_cache_gib == 0.0
+    skip = ServeConfig(max_model_len=40960, extra_args=["--skip-mm-profiling"])
+    assert estimate_memory(shape, skip, H200).encoder_cache_gib == 0.0
 
 
 QWEN2_5_VL_7B = {

@@ -49,7 +49,7 @@ from typing import Any
 
 from vtune._errors import VtuneError
 from vtune._model_shape import ModelShape, QuantShape, quant_from_method
-from vtune._multimodal_memory import encoder_profile, limit_mm_per_prompt, multimodal_profile_peak_bytes
+from vtune._multimodal_memory import encoder_profile_for, multimodal_profile_peak_bytes
 from vtune._serve_config import ServeConfig
 from vtune._vllm_defaults import (
     ASYNC_SCHEDULING_GPU,
@@ -717,9 +717,8 @@ def estimate_memory(
         total_gib = gpu.memory_gib
         requested = math.ceil(gpu.memory_bytes * r.util)
 
-    mm = encoder_profile(shape, max_model_len=r.max_model_len, max_num_batched_tokens=r.max_num_batched_tokens,
-                         max_num_seqs=r.max_num_seqs, limits=limit_mm_per_prompt(cfg), tp=r.tp,
-                         enable_chunked_prefill=cfg.enable_chunked_prefill is not False, dtype_bytes=r.weight_bytes)
+    mm = encoder_profile_for(shape, cfg, max_model_len=r.max_model_len, max_num_batched_tokens=r.max_num_batched_tokens,
+                             max_num_seqs=r.max_num_seqs, tp=r.tp, dtype_bytes=r.weight_bytes)
     if mm is not None and device != "cpu":
         notes.append(f"multimodal profile: {mm.items_per_batch} {mm.modality} item(s) of {mm.max_tokens_per_item} "
                      f"tokens, {mm.output_bytes / GIB:.2f} GiB of encoder output held at the activation peak")

@@ -48,6 +48,7 @@ __all__ = [
     "EncoderProfile",
     "encoder_cache_bytes",
     "encoder_profile",
+    "encoder_profile_for",
     "limit_mm_per_prompt",
     "mm_max_tokens_per_item",
     "multimodal_profile_peak_bytes",
@@ -224,6 +225,23 @@ def encoder_profile(
         output_bytes=int(items * tokens * width * dtype_bytes),
         forward_bytes=_forward_bytes(v, items * tokens, tp, dtype_bytes),
     )
+
+
+def encoder_profile_for(
+    shape: ModelShape, cfg: ServeConfig, *, max_model_len: int, max_num_batched_tokens: int, max_num_seqs: int,
+    tp: int = 1, dtype_bytes: float = 2.0,
+) -> EncoderProfile | None:
+    """:func:`encoder_profile` with the flags of a configuration.
+
+    ``--limit-mm-per-prompt`` and ``--enable-chunked-prefill`` as given; ``--skip-mm-profiling``
+    (``MultiModalConfig.skip_mm_profiling``) turns the encoder profile off: None.
+    """
+    if any(a == "--skip-mm-profiling" or a.startswith("--skip-mm-profiling=") and a.split("=", 1)[1].lower()
+           in ("1", "true") for a in cfg.extra_args):
+        return None
+    return encoder_profile(shape, max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens,
+                           max_num_seqs=max_num_seqs, limits=limit_mm_per_prompt(cfg), tp=tp,
+                           enable_chunked_prefill=cfg.enable_chunked_prefill is not False, dtype_bytes=dtype_bytes)
 
 
 def encoder_cache_bytes(profile: EncoderProfile | None, dtype_bytes: float = 2.0) -> int:
