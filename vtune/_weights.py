@@ -1,5 +1,8 @@
 """Weight memory per GPU, from the tensors vLLM's model implementation creates on each rank.
 
+(One module of about 550 lines: the quantized-linear layouts, the decoder families and the vision
+towers are one table read together; a layout change in vLLM touches the three at once.)
+
 The memory model used to multiply a parameter count by bytes per parameter. Here each
 family is a small table: which tensors its vLLM implementation registers, with which
 shape on one tensor-parallel rank, and on which pipeline stage
