@@ -1,6 +1,6 @@
 """Model architecture read from a Hugging Face ``config.json`` alone.
 
-(One module of about 600 lines: every family's config quirks — defaults ``transformers`` fills in,
+(One module of about 640 lines: every family's config quirks — defaults ``transformers`` fills in,
 layer kinds, MoE, MLA, quantization, vision towers — feed one :class:`ModelShape` and are read together.)
 
 :func:`load_model_shape` turns a model directory (or a ``config.json`` path) into
