@@ -22,8 +22,10 @@ It mirrors the V1 GPU worker (``vllm/v1/worker/gpu_worker.py``
 * the engine refuses to start unless one max_model_len request fits
   (``_check_enough_kv_cache_memory``).
 
-Weights, page sizes and the KV grouping of hybrid (sliding-window + full)
-models are computed exactly from the architecture. The three terms vLLM
+Weights (summed from the tensors each rank holds, :mod:`vtune._weights`), page sizes
+and the KV grouping of hybrid (sliding-window + full) models are computed exactly from
+the architecture; a VLM's encoder outputs held during the profile run join the activation
+peak (:mod:`vtune._multimodal_memory`). The three terms vLLM
 *measures* (activation peak, non-torch memory, CUDA-graph memory) are modelled
 by formulas whose constants are listed in :class:`GpuConstants` with where each
 came from; :class:`Calibration` rescales them from what a real engine reported
@@ -58,6 +60,7 @@ from typing import Any
 
 from vtune._errors import VtuneError
 from vtune._model_shape import ModelShape, QuantShape, quant_from_method
+from vtune._multimodal_memory import encoder_profile_for, multimodal_profile_peak_bytes
 from vtune._serve_config import ServeConfig
 from vtune._vllm_defaults import (
     ASYNC_SCHEDULING_GPU,
@@ -70,6 +73,7 @@ from vtune._vllm_defaults import (
     version_rules,
 )
 from vtune._vllm_versions import VersionRules
+from vtune._weights import _padded_vocab, _stage_weights, parameter_count
 
 __all__ = [
     "GPU_CATALOG",
@@ -388,6 +392,7 @@ class MemoryEstimate:
     raw_requested_gib: float = 0.0
     vllm_version: str = ""
     cudagraph_reserved_gib: float = 0.0
+    encoder_cache_gib: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form; GiB rounded to 4 decimals, concurrency to 2."""
@@ -498,93 +503,6 @@ def pp_partition(num_layers: int, pp: int) -> list[range]:
     return out
 
 
-# ------------------------------------------------------------------ weights
-def _linear_bytes(n_params: float, r: _Resolved, *, expert: bool) -> float:
-    """Bytes of ``n_params`` linear weights in the resolved format.
-
-    int4 (AWQ/GPTQ): 0.5 B + one fp16 scale and one packed 4-bit zero per group.
-    mxfp4: 0.5 B + one uint8 scale per 32. fp8/int8: 1 B + per-channel scales
-    (negligible). Unquantized: the dtype.
-    """
-    q = r.quant
-    if q is None or (q.experts_only and not expert):
-        return n_params * r.weight_bytes
-    if q.weight_bits == 8:
-        return n_params * 1.0
-    group = q.group_size or 128
-    if q.method == "mxfp4" or q.method.startswith("nvfp4"):
-        return n_params * (0.5 + 1.0 / group)
-    return n_params * (0.5 + 2.5 / group)
-
-
-def _layer_weights(shape: ModelShape, r: _Resolved, layer: int) -> float:
-    h, tp = shape.hidden_size, r.tp
-    dt = r.weight_bytes
-    total = 0.0
-    if shape.mla:
-        m = shape.mla
-        qk_head = m.qk_nope_head_dim + m.qk_rope_head_dim
-        if m.q_lora_rank:
-            total += _linear_bytes(h * m.q_lora_rank, r, expert=False) + m.q_lora_rank * dt
-            total += _linear_bytes(m.q_lora_rank * shape.num_heads * qk_head / tp, r, expert=False)
-        else:
-            total += _linear_bytes(h * shape.num_heads * qk_head / tp, r, expert=False)
-        total += _linear_bytes(h * (m.kv_lora_rank + m.qk_rope_head_dim), r, expert=False)
-        total += m.kv_lora_rank * dt
-        total += _linear_bytes(
-            m.kv_lora_rank * shape.num_heads * (m.qk_nope_head_dim + m.v_head_dim) / tp, r, expert=False
-        )
-        total += _linear_bytes(shape.num_heads * m.v_head_dim / tp * h, r, expert=False)
-    else:
-        q_out = shape.num_heads * shape.head_dim / tp
-        kv_out = 2 * max(1, shape.num_kv_heads // tp) * shape.head_dim
-        total += _linear_bytes(h * (q_out + kv_out), r, expert=False)
-        total += _linear_bytes(q_out * h, r, expert=False)
-        if shape.qkv_bias:
-            total += (q_out + kv_out) * dt
-        if shape.qk_norm:
-            total += 2 * shape.head_dim * dt
-    total += 2 * h * dt  # input and post-attention RMSNorm
-    moe = shape.moe
-    if moe and shape.moe_layers and shape.moe_layers[layer]:
-        e_params = moe.num_experts * 3 * h * moe.expert_intermediate_size / tp
-        total += _linear_bytes(e_params, r, expert=True)
-        if moe.expert_bias:
-            total += moe.num_experts * (2 * moe.expert_intermediate_size / tp + h) * dt
-        total += h * moe.num_experts * dt + (moe.num_experts * dt if moe.router_bias else 0)
-        if moe.shared_intermediate_size:
-            total += _linear_bytes(3 * h * moe.shared_intermediate_size / tp, r, expert=False)
-            if moe.shared_expert_gate:
-                total += h * dt
-    else:
-        total += _linear_bytes(3 * h * shape.intermediate_size / tp, r, expert=False)
-    if shape.model_type.startswith("gemma2") or shape.model_type.startswith("gemma3"):
-        total += 2 * h * dt  # pre/post feed-forward norms
-    return total
-
-
-def _padded_vocab(shape: ModelShape) -> int:
-    """Vocabulary padded to a multiple of 64 (``DEFAULT_VOCAB_PADDING_SIZE``)."""
-    return -(-shape.vocab_size // 64) * 64
-
-
-def _stage_weights(shape: ModelShape, r: _Resolved, stage: int, layers: range) -> float:
-    dt = r.weight_bytes
-    embed = _padded_vocab(shape) / r.tp * shape.hidden_size * dt
-    total = sum(_layer_weights(shape, r, i) for i in layers)
-    first, last = stage == 0, stage == r.pp - 1
-    if first:
-        total += embed + shape.vision_params * dt / r.tp
-        # Rotary cos/sin cache (one per model, max_position x rotary_dim in the model dtype).
-        rot = shape.mla.qk_rope_head_dim if shape.mla else shape.head_dim
-        total += shape.max_position_embeddings * rot * dt
-    if last:
-        total += shape.hidden_size * dt  # final norm
-        if not (shape.tie_word_embeddings and first):
-            total += embed  # lm_head (its own copy unless tied on the same stage)
-    return total
-
-
 # ------------------------------------------------------- measured terms (GPU)
 def _capture_sizes(r: _Resolved, cfg: ServeConfig, gpu: Gpu | None = None) -> list[int]:
     """CUDA-graph capture sizes as vLLM's ``_set_cudagraph_sizes`` picks them."""
@@ -686,6 +604,12 @@ class _KvLayout:
 def _kv_groups(shape: ModelShape, hybrid_manager: bool) -> _KvLayout:
     """KV cache groups as ``get_kv_cache_groups`` builds them.
 
+    Kinds per layer come from :func:`vtune._model_shape._layer_kinds`: ``sliding`` for Gemma 2/3's
+    ``layer_types`` and gpt-oss's even layers (whose attention sinks are a per-head parameter and add
+    no KV), ``cross`` for Llama 3.2 Vision's cross-attention layers (``CrossAttentionSpec``; vLLM
+    refuses that model since 0.10.2, see :func:`vtune._model_shape.vllm_refuses`). MLA layers are
+    one latent "head" on every TP rank (:func:`_per_layer_token_bytes`).
+
     Uniform models get one group. Mixed sliding/full models, with the hybrid
     KV cache manager on (GPUs, unless disabled), get groups of equal size:
     the smallest type's layer count (or the largest when within 1.5x), each
@@ -730,12 +654,16 @@ def _blocks_per_request(layout: _KvLayout, shape: ModelShape, r: _Resolved, cfg:
     # VllmConfig.max_in_flight_tokens: one batch per concurrent step; async scheduling keeps two
     # in flight with one pipeline stage, otherwise there are as many as stages (V1 model runner).
     concurrent = 2 if r.async_scheduling and r.pp == 1 else r.pp
-    in_flight = r.max_num_batched_tokens * concurrent
     total = 0
     for kind in layout.kinds:
         if kind == "sliding" and layout.credited and shape.sliding_window:
-            tokens = min(shape.sliding_window - 1 + in_flight, r.max_model_len)
-            total += -(-tokens // r.block_size) + 1
+            total += r.rules.sliding_window_blocks(  # one batch up to 0.25, every in-flight batch from 0.26
+                sliding_window=shape.sliding_window, block_size=r.block_size,
+                max_num_batched_tokens=r.max_num_batched_tokens, max_model_len=r.max_model_len,
+                concurrent_batches=concurrent)
+        elif kind == "cross" and layout.credited:
+            # CrossAttentionSpec: the encoder's states, max_num_encoder_input_tokens (= batched tokens) long.
+            total += -(-r.max_num_batched_tokens // r.block_size)
         else:
             total += full
     return total
@@ -849,15 +777,21 @@ def estimate_memory(
         total_gib = gpu.memory_gib
         requested = math.ceil(gpu.memory_bytes * r.util)
 
+    mm = encoder_profile_for(shape, cfg, max_model_len=r.max_model_len, max_num_batched_tokens=r.max_num_batched_tokens,
+                             max_num_seqs=r.max_num_seqs, tp=r.tp, dtype_bytes=r.weight_bytes)
+    if mm is not None and device != "cpu":
+        notes.append(f"multimodal profile: {mm.items_per_batch} {mm.modality} item(s) of {mm.max_tokens_per_item} "
+                     f"tokens, {mm.output_bytes / GIB:.2f} GiB of encoder output held at the activation peak")
     stages: list[StageEstimate] = []
     raws: list[tuple[float, float, float, float]] = []
     for s, layers in enumerate(pp_partition(shape.num_layers, r.pp)):
-        w_raw = _stage_weights(shape, r, s, layers)
+        w_raw = _stage_weights(shape, r, s, layers, cfg)
         if device == "cpu":
             a_raw = nt_raw = cg_raw = 0.0
             kv = space * GIB  # the space is per worker: every TP/PP rank allocates it
         else:
             a_raw, nt_raw, cg_raw = _gpu_terms(shape, r, cfg, constants, s, len(layers), gpu)
+            a_raw = multimodal_profile_peak_bytes(mm, a_raw)  # encoder outputs held during the profile run
         w = w_raw * cal.weights_scale
         a = a_raw * cal.activation_scale
         nt = nt_raw * cal.non_torch_scale
@@ -937,6 +871,7 @@ def estimate_memory(
         raw_requested_gib=requested / GIB,
         vllm_version=r.rules.version,
         cudagraph_reserved_gib=(reserved_ratio * raw[3] / GIB) if device != "cpu" else 0.0,
+        encoder_cache_gib=(mm.output_bytes / GIB if mm is not None and device != "cpu" else 0.0),
     )
 
 
@@ -957,15 +892,6 @@ def _cudagraph_reserved_ratio(shape: ModelShape, r: _Resolved, cal: Calibration,
             notes.append(f"calibration from vLLM {cal.vllm_version}: its CUDA-graph reservation is not used for "
                          f"{r.rules.version} (the release's rule is)")
     return ratio
-
-
-def parameter_count(shape: ModelShape) -> int:
-    """Parameters of the model (weights as stored, vision tower included, rotary cache excluded)."""
-    r = _resolve(shape, ServeConfig(dtype="float32"), None, "gpu")
-    one_byte = _Resolved(**{**r.__dict__, "weight_bytes": 1.0, "quant": None})
-    total = _stage_weights(shape, one_byte, 0, range(shape.num_layers))
-    rot = shape.mla.qk_rope_head_dim if shape.mla else shape.head_dim
-    return int(total - shape.max_position_embeddings * rot)
 
 
 def valid_layouts(shape: ModelShape, num_gpus: int) -> list[tuple[int, int, int]]:
