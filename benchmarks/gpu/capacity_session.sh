@@ -36,7 +36,7 @@ stamp "B eager: rc $? $(python3 -c "import json; d=json.load(open('$R/eager.json
 
 # C. issue 15's VL run, if asked
 if [ "${VL:-0}" = 1 ] && [ -f benchmarks/gpu/vl_study.sh ]; then
-  bash benchmarks/gpu/vl_study.sh > "$R/vl.out" 2>&1
+  OUT=$W/vl-out BUDGET_S=${VL_BUDGET_S:-300} bash benchmarks/gpu/vl_study.sh > "$R/vl.out" 2>&1
   stamp "C vl: rc $? $(tail -2 "$R/vl.out" | tr '\n' ' ')"
 fi
 stamp "ALL DONE"
