@@ -72,8 +72,9 @@ def test_e2e_shared_document_prefixes_hit_the_cache_and_enter_the_space(model: P
     assert dim is not None and dim.active, [d.name for d in settings.space.active]
     out = _bench(model, "rag", tmp_path, 10)
     assert out["errors"] == 0
-    # 16 documents of 2048 tokens before short questions: most prompt tokens are cached
-    assert out["prefix_cache_hit_rate"] > 0.5, out["metrics"]
+    # 8 documents of 2048 tokens before short questions: after each document's first
+    # request (drawn anew every step), its tokens come from the cache
+    assert out["prefix_cache_hit_rate"] > 0.1, out["metrics"]
     record = json.loads((tmp_path / "trial.json").read_text())
     assert record["result"]["prefix_cache_hit_rate"] == pytest.approx(out["prefix_cache_hit_rate"])
 

@@ -43,7 +43,10 @@ in its first step.
 Prompts are synthetic text sized with the served model's own tokenizer, read from
 its local folder (offline), or the workload's JSONL prompts. JSONL prompts are
 cycled to fill a step; a repeated prompt gets a short unique tag in front so the
-server's prefix cache cannot answer it from an earlier copy.
+server's prefix cache cannot answer it from an earlier copy. Shared prefixes,
+conversations of several turns, images and trace replays are GuideLLM's own data
+generators (:func:`vtune.loads._guidellm_child._data_args`); conversations and images
+go to ``/v1/chat/completions``, and images only to a model with a vision tower.
 
 This is the parent's side only (the child is :mod:`vtune.loads._guidellm_child`);
 it stays one module of about 570 lines because the protocol reader, the stall
