@@ -13,7 +13,7 @@ study: setup
 	$(PY) -m vtune study --workload $(WORKLOAD) --n-trials $(N_TRIALS)
 
 test: setup
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs --durations=30 tests
 
 test-unit: setup
 	$(PY) -m pytest -q -rs -m "not e2e" tests

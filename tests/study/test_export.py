@@ -45,6 +45,14 @@ def test_export_header_gives_the_mean_and_its_measurements(tmp_path: Path) -> No
     assert Path(paths[1]).read_text().strip().endswith("--max-num-seqs 64")
 
 
+def test_export_keeps_a_dotted_study_name_whole(tmp_path: Path) -> None:
+    study, settings, _ = measured_twice(tmp_path)
+    settings.name = "qwen3-1.7b-chatbot"  # Path.with_suffix would write qwen3-1.yaml
+    paths = export_best(study, settings)
+    assert [Path(p).name for p in paths] == ["qwen3-1.7b-chatbot.yaml", "qwen3-1.7b-chatbot.flags",
+                                             "qwen3-1.7b-chatbot.env"]
+
+
 def test_best_json_gives_the_mean_its_measurements_and_the_mean_result(tmp_path: Path, capsys) -> None:
     _, settings, url = measured_twice(tmp_path)
     assert main(["best", "--study", "exp", "--storage", url, "--studies-dir", str(settings.studies_dir),

@@ -50,6 +50,34 @@ def test_remeasure_stops_when_the_time_left_does_not_cover_one_more_measurement(
     assert calls == [16, 32, 64] and out.remeasured == [2] and out.skipped is None
 
 
+def test_remeasurements_are_measurements_of_their_configuration(tmp_path: Path) -> None:
+    """A re-measurement is a trial of its configuration: it enters the mean and ``best``, and is not repeated."""
+    from vtune.study._budget import counts_toward_budget
+    from vtune.study._selection import best_configurations
+
+    settings = make_settings(tmp_path, name="remt")
+    settings.remeasure_top_k = 1
+    study = open_study(settings, f"sqlite:///{tmp_path / 'remt.db'}")
+    add_measurement(study, settings, 9.0, 16, 100.0)
+    add_measurement(study, settings, 8.0, 32, 100.0)
+    calls: list[int] = []
+
+    def measuring(cfg: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(cfg.max_num_seqs)
+        return fake_trial(cfg, *args, **kw)
+
+    runner = _Runner(settings, load_model_shape(settings.model), study, _Progress(2, settings.objectives, quiet=True),
+                     trial_fn=measuring)
+    assert remeasure(study, settings, runner).remeasured == [0]
+    added = study.trials[-1]
+    assert len(study.trials) == 3 and added.user_attrs["remeasure_of"] == 0 and calls == [16]
+    assert added.user_attrs["flags"] == study.trials[0].user_attrs["flags"] and added.user_attrs["result"]
+    assert not counts_toward_budget(added)  # beyond --n-trials
+    conf = next(c for c in best_configurations(study) if 0 in c.numbers)
+    assert conf.numbers == [0, 2] and conf.values[0] == pytest.approx((9.0 + added.values[0]) / 2)
+    assert remeasure(study, settings, runner).remeasured == [] and calls == [16]  # resumed: not measured again
+
+
 def slow_trial(total_s: float):
     """A fake trial that records ``total_s`` as its duration (it takes a fraction of a second)."""
 

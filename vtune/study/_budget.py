@@ -57,6 +57,8 @@ def counts_toward_budget(trial: FrozenTrial) -> bool:
 
     A FAIL without a recorded failure counts (the safe side: a study cannot loop forever on it).
     """
+    if trial.user_attrs.get("remeasure_of") is not None:
+        return False  # an end-of-study re-measurement (vtune.study._remeasure), beyond --n-trials
     if trial.state == TrialState.FAIL:
         return failure_kind(trial) not in NOT_COUNTED_FAILURES
     return trial.state in BUDGET_STATES

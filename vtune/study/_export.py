@@ -90,7 +90,8 @@ def export_best(study: optuna.Study, settings: StudySettings, pick: str | None =
               f"# workload {settings.workload.name}; {settings.target.describe()}\n")
     if cfg.env:
         header += f"# environment: see {stem.name}.env ({' '.join(f'{k}={v}' for k, v in cfg.env.items())})\n"
-    paths = [stem.with_suffix(".yaml"), stem.with_suffix(".flags"), stem.with_suffix(".env")]
+    # Appended, not Path.with_suffix: a study name like qwen3-1.7b-chatbot has a dot of its own.
+    paths = [stem.parent / f"{stem.name}{ext}" for ext in (".yaml", ".flags", ".env")]
     paths[0].write_text(header + yaml_cfg.to_yaml())
     paths[1].write_text(cfg.to_flags_line() + "\n")
     paths[2].write_text("".join(f"{k}={v}\n" for k, v in sorted(cfg.env.items())))

@@ -15,9 +15,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from vtune._objectives import slo_constraints
 from vtune._serve_config import ServeConfig
 from vtune.study._runner import _Runner, count_done
-from vtune.study._selection import best_trials
+from vtune.study._selection import best_configurations
 from vtune.study._settings import StudySettings
 
 __all__ = ["Remeasured", "remeasure"]
@@ -70,10 +71,11 @@ def remeasure(study: optuna.Study, settings: StudySettings, runner: _Runner, *, 
     if k <= 0:
         return out
     done: dict[str, list[float]] = dict(study.user_attrs.get("remeasurements") or {})
-    top = best_trials(study)[:k]
-    for t in top:
-        if str(t.number) in done:
-            continue
+    top = best_configurations(study)[:k]
+    for conf in top:
+        t = conf.trial
+        if any(str(x.number) in done or x.user_attrs.get("remeasure_of") is not None for x in conf.trials):
+            continue  # re-measured already (a resumed study)
         cfg = ServeConfig.from_dict(t.user_attrs["config"]).replace(model=settings.model)
         if runner.resource_problem(cfg):
             continue  # measured on a bigger worker than this machine
@@ -101,7 +103,38 @@ def remeasure(study: optuna.Study, settings: StudySettings, runner: _Runner, *, 
         if rec.result is None or (options is not None and rec.capacity is None):
             continue
         values = runner.values_of(rec, cfg)
+        _add_measurement(study, settings, runner, t, rec, values)
         done[str(t.number)] = [float(t.values[0]), values[0]]
         study.set_user_attr("remeasurements", done)
         out.remeasured.append(t.number)
     return out
+
+
+class _Attrs:
+    """Collects what the runner records on a trial, for a trial added afterwards."""
+
+    def __init__(self) -> None:
+        self.user_attrs: dict[str, Any] = {}
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
+
+
+def _add_measurement(study: optuna.Study, settings: StudySettings, runner: _Runner, of: FrozenTrial, rec: Any,
+                     values: list[float]) -> None:
+    """Records a re-measurement as a completed trial of the same configuration.
+
+    So that it counts everywhere a measurement counts (the configuration's mean, its spread,
+    ``best``, the report's curves from its probes), with ``remeasure_of`` naming the trial it repeats.
+    """
+    attrs = _Attrs()
+    runner._record(attrs, rec, None)  # type: ignore[arg-type]  # the same attributes as a trial's
+    # Not "baseline": a baseline names one trial (the report and the resumed study look for it by name).
+    keep = ("config", "flags", "num_gpus", "off_space", "prediction", "gpus", "cpu_cores")
+    user_attrs = {**{k: of.user_attrs[k] for k in keep if k in of.user_attrs}, **attrs.user_attrs,
+                  "remeasure_of": of.number}
+    constraints = None
+    if of.constraints and rec.result is not None:  # a fixed-load study's SLO constraints, as its trials have
+        constraints = slo_constraints(rec.result, settings.workload.slo)
+    study.add_trial(optuna.trial.create_trial(values=values, params=of.params, distributions=of.distributions,
+                                              user_attrs=user_attrs, constraints=constraints))

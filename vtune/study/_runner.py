@@ -480,7 +480,7 @@ class _Runner:
         trial.set_user_attr("timings", {"engine_start_s": rec.engine_start_s, "load_s": rec.load_s,
                                         "teardown_s": rec.teardown_s, "total_s": rec.total_s,
                                         "overhead_s": rec.overhead_s})
-        if rec.startup is not None and rec.startup.kv_cache_tokens and est.kv_cache_tokens:
+        if rec.startup is not None and rec.startup.kv_cache_tokens and est is not None and est.kv_cache_tokens:
             trial.set_user_attr("kv_tokens_error", est.kv_cache_tokens / rec.startup.kv_cache_tokens - 1)
 
 def _interrupted_failure(when: str, engine: dict[str, Any] | None = None,

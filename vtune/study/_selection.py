@@ -127,7 +127,10 @@ def measured_noise(trials: list[FrozenTrial], remeasurements: dict[str, list[flo
         vals = [float(t.values[0]) for t in group if t.values and t.values[0] > 0]
         if len(vals) > 1:
             samples.append(vals)
-    for vals in (remeasurements or {}).values():
+    as_trials = {str(t.user_attrs["remeasure_of"]) for t in trials if t.user_attrs.get("remeasure_of") is not None}
+    for number, vals in (remeasurements or {}).items():
+        if number in as_trials:
+            continue  # recorded as a trial too (since the re-measurements became trials): counted above
         pos = [float(v) for v in vals if v and v > 0]
         if len(pos) > 1:
             samples.append(pos)
