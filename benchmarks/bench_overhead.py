@@ -27,6 +27,7 @@ Usage::
     python benchmarks/bench_overhead.py [--trials 3] [--duration-s 6] [--objectives capacity] [--out FILE]
     python benchmarks/bench_overhead.py --model /models/Llama-3.1-8B --trials 4 --out /tmp/o.json \
         -- --max-model-len 4096
+    python benchmarks/bench_overhead.py --no-fake --from-study studies/S.db S    # a study already run (a GPU's)
 
 Target (issue 4): vtune's own overhead under 3 s per trial.
 """
@@ -63,7 +64,12 @@ def real_study(workdir: Path, trials: int, duration_s: float, *, objectives: str
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     subprocess.run(cmd, cwd=workdir, check=True, capture_output=True, text=True, env=env)  # this checkout's vtune
-    study = optuna.load_study(study_name="overhead", storage=f"sqlite:///{workdir / 'studies' / 'overhead.db'}")
+    return study_rows(optuna.load_study(study_name="overhead",
+                                        storage=f"sqlite:///{workdir / 'studies' / 'overhead.db'}"))
+
+
+def study_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per launched trial of a finished study (a fixed-load trial's load files must still exist)."""
     rows: list[dict[str, Any]] = []
     for t in study.trials:
         tim = t.user_attrs.get("timings")
@@ -140,6 +146,8 @@ def main() -> None:
     ap.add_argument("--workload", default="chatbot")
     ap.add_argument("--out", help="also write every row as JSON to this file")
     ap.add_argument("--no-fake", action="store_true", help="skip the fake-trial study loop timing")
+    ap.add_argument("--from-study", nargs=2, metavar=("DB", "NAME"), help="read the trials of a study already run "
+                    "(e.g. a GPU study's SQLite file and its name) instead of running one")
     ap.add_argument("vllm_args", nargs=argparse.REMAINDER, help="-- vLLM flags fixed for every trial")
     args = ap.parse_args()
     flags = args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args
@@ -149,8 +157,11 @@ def main() -> None:
             per = fake_study(Path(tmp), 20)
             out["study_loop_ms_per_trial"] = per * 1e3
             print(f"study loop alone (sampling + memory model + SQLite, fake trials): {per * 1e3:.0f} ms per trial")
-        rows = real_study(Path(tmp), args.trials, args.duration_s, objectives=args.objectives, model=args.model,
-                          workload=args.workload, flags=flags)
+        if args.from_study:
+            rows = study_rows(optuna.load_study(study_name=args.from_study[1], storage=f"sqlite:///{args.from_study[0]}"))
+        else:
+            rows = real_study(Path(tmp), args.trials, args.duration_s, objectives=args.objectives, model=args.model,
+                              workload=args.workload, flags=flags)
     out["trials"] = rows
     capacity = [r for r in rows if "probes" in r]
     if capacity:
