@@ -371,7 +371,7 @@ def test_cli_check_log_refuses_old_releases_and_missing_files(llama_dir, tmp_pat
 
 
 def test_check_log_on_every_kept_026_start_is_within_two_percent():
-    """The 17 real 0.26 GPU starts that reached the KV cache (the Qwen3-VL one included), as ``--check-log`` reads them."""
+    """The 17 real 0.26 GPU starts that reached the KV cache (Qwen3-VL included), read as ``--check-log`` does."""
     import benchmarks.memory_model_vs_logs as bench
 
     rows = bench.score(bench.kept_logs(), bench.kept_shape)
