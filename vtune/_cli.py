@@ -430,6 +430,7 @@ def _settings_from_args(args: argparse.Namespace) -> Any:
         name=args.study, duration_s=args.duration_s, strict_memory=args.strict_memory,
         remeasure_top_k=args.remeasure, enqueue=args.enqueue, seed=args.seed, studies_dir=args.studies_dir,
         configs_dir=args.configs_dir, target_rate_rps=args.target_rate,
+        vllm_version=getattr(args, "vllm_version", None),
     )
 
 

@@ -96,3 +96,24 @@ def test_build_settings_rejects_bad_input_in_one_line(tmp_path: Path, kwargs: di
 def test_cli_bad_remeasure_is_exit_2_one_line(tmp_path: Path, capsys) -> None:
     assert main(["study", "--remeasure", "-1", "--studies-dir", str(tmp_path / "s")]) == 2
     assert capsys.readouterr().err.strip() == "vtune: error: --remeasure must be >= 0, got -1"
+
+
+def test_a_studys_vllm_version_is_stored_and_followed_by_whoever_loads_it(tmp_path: Path, monkeypatch) -> None:
+    """``vtune study --vllm-version 0.19``: a worker, ``best`` or ``report`` rebuilding the settings plans for 0.19."""
+    import vtune._vllm_defaults as d
+    from vtune.study._settings import load_settings
+    from vtune.study._study import open_study
+
+    monkeypatch.setattr(target_mod, "resolve_target", lambda gpus=None, **kw: H200X2)
+    argv = ["study", "--model", model_dir(tmp_path, LLAMA_8B), "--vllm-version", "0.19", "--studies-dir",
+            str(tmp_path / "s"), "--", "--load-format", "dummy"]
+    try:
+        settings = _settings_from_args(build_parser().parse_args(argv))
+        assert settings.vllm_version == "0.19" and settings.to_attr()["vllm_version"] == "0.19"
+        study = open_study(settings, f"sqlite:///{tmp_path / 'v.db'}")
+        d.use_vllm_version(None)  # another process: the installed vLLM
+        assert d.target_version() != "0.19.0"
+        loaded = load_settings(study, studies_dir=tmp_path / "s", configs_dir=tmp_path / "c")
+        assert loaded.vllm_version == "0.19" and d.target_version() == "0.19.0"
+    finally:
+        d.use_vllm_version(None)

@@ -52,6 +52,8 @@ class StudySettings:
         target_rate_rps: Requests/s to serve within the SLOs (``--target-rate``): the
             study prefers the configuration needing the fewest GPUs for it (kept as the
             study user attribute ``target_rate_rps``); None: none.
+        vllm_version: The vLLM release the memory model follows (``--vllm-version``); None:
+            the installed one. Stored, so that workers, ``best`` and ``report`` follow it too.
     """
 
     name: str
@@ -69,6 +71,7 @@ class StudySettings:
     studies_dir: Path = Path("studies")
     configs_dir: Path = Path("configs")
     target_rate_rps: float | None = None
+    vllm_version: str | None = None
 
     @property
     def study_dir(self) -> Path:
@@ -90,6 +93,7 @@ class StudySettings:
             "duration_s": self.duration_s,
             "strict_memory": self.strict_memory,
             "remeasure_top_k": self.remeasure_top_k,
+            "vllm_version": self.vllm_version,
         }
 
 def load_settings(study: optuna.Study, *, studies_dir: Path, configs_dir: Path) -> StudySettings:
@@ -105,6 +109,10 @@ def load_settings(study: optuna.Study, *, studies_dir: Path, configs_dir: Path) 
     data = study.user_attrs.get(ATTR)
     if not data:
         raise VtuneError(f"study {study.study_name!r} has no vtune settings; it was not created by `vtune study`")
+    if data.get("vllm_version"):  # the study's --vllm-version: this process's estimates follow it too
+        from vtune._vllm_defaults import use_vllm_version
+
+        use_vllm_version(data["vllm_version"])
     wl = Workload.from_dict(data["workload"], source=data.get("workload_source", "<study>"))
     t = data["target"]
     gpu = Gpu(t["gpu"], t["gpu_memory_gib"]) if t.get("gpu") else None
@@ -117,6 +125,7 @@ def load_settings(study: optuna.Study, *, studies_dir: Path, configs_dir: Path) 
         target=target, duration_s=data.get("duration_s"), strict_memory=bool(data.get("strict_memory")),
         remeasure_top_k=int(data.get("remeasure_top_k", 2)), studies_dir=studies_dir, configs_dir=configs_dir,
         target_rate_rps=_stored_rate(study.user_attrs.get("target_rate_rps")),
+        vllm_version=data.get("vllm_version"),
     )
 
 def _stored_rate(value: Any) -> float | None:
@@ -165,6 +174,7 @@ def build_settings(
     configs_dir: str | Path = Path("configs"),
     target: Target | None = None,
     target_rate_rps: float | None = None,
+    vllm_version: str | None = None,
 ) -> StudySettings:
     """The settings of a study, as ``vtune study`` makes them from its flags.
 
@@ -197,6 +207,8 @@ def build_settings(
         configs_dir: Where the best config is exported (``--configs-dir``).
         target: The hardware to use instead of finding it (e.g. tests, another machine's).
         target_rate_rps: Requests/s to serve within the SLOs (``--target-rate``).
+        vllm_version: The vLLM release to plan for (``--vllm-version``; None: the installed one);
+            the caller makes it current (:func:`vtune._vllm_defaults.use_vllm_version`).
 
     Raises:
         VtuneError: A bad argument, in one line naming the flag and the fix.
@@ -286,5 +298,5 @@ def build_settings(
         name=name or default_study_name(model, wl_label), model=model, workload=wl, space=space, base=fixed,
         objectives=objs, target=target, duration_s=duration_s, strict_memory=strict_memory,
         remeasure_top_k=remeasure_top_k, enqueue=extra, seed=seed, studies_dir=Path(studies_dir),
-        configs_dir=Path(configs_dir), target_rate_rps=rate,
+        configs_dir=Path(configs_dir), target_rate_rps=rate, vllm_version=vllm_version,
     )
