@@ -260,6 +260,9 @@ def test_every_code_is_produced_and_cited(monkeypatch):
     found = [f for case in _ALL_CASES for f in case()]
     monkeypatch.setattr(_checks, "target_series", lambda: "0.32")
     found += gpu_check("--max-model-len 4096 --long-prefill-token-threshold 8192")
+    from tests.test_families import LLAMA_3_2_11B_VISION
+
+    found += gpu_check("--max-model-len 8192", config=LLAMA_3_2_11B_VISION)
     produced = {f.code for f in found}
     assert produced == set(RULES) - {"invalid_flag"}, set(RULES) - produced
     for f in found:
@@ -345,3 +348,13 @@ def test_vllm_rejects_an_unknown_flag_and_keeps_its_noise(tmp_path):
     assert "--no-such-flag" in f.message and "vLLM" in f.message
     assert log.is_file()
     assert vllm_rejects(parse_serve_args(["/models/x", "--max-num-seqs", "8", "--enable-prefix-caching"])) is None
+
+
+def test_an_architecture_vllm_removed_is_an_error_before_any_launch():
+    """Llama 3.2 Vision (MllamaForConditionalGeneration): not in vLLM's registry since 0.10.2."""
+    from tests.test_families import LLAMA_3_2_11B_VISION
+
+    findings = gpu_check("--max-model-len 8192", config=LLAMA_3_2_11B_VISION)
+    assert first_error(findings) is not None and first_error(findings).code == "architecture_removed"
+    assert "0.10.2" in first_error(findings).message
+    assert "architecture_removed" not in codes(gpu_check("--max-model-len 8192"))

@@ -16,7 +16,7 @@ noise never reaches vtune's output) and :func:`contradictory_flags` reads the ra
 command line (``--x`` with ``--no-x``; a flag given twice with different values).
 
 Codes (kept from the earlier ``validate`` where one existed, so its ``--json`` stays
-compatible): ``value_out_of_range``, ``invalid_value``, ``invalid_parallel_layout``,
+compatible): ``architecture_removed``, ``value_out_of_range``, ``invalid_value``, ``invalid_parallel_layout``,
 ``not_enough_gpus``, ``max_model_len_above_model``, ``weights_do_not_fit``,
 ``kv_cache_too_small``, ``batched_tokens_below_seqs``, ``batched_tokens_below_model_len``,
 ``batched_tokens_above_seqs_times_len``, ``block_size_not_supported``,
@@ -79,6 +79,9 @@ SMALL_MODEL_WEIGHT_SHARE = 0.5
 _V = "vLLM 0.26, 0.32"
 #: The vLLM rule behind each code (file function, releases read).
 RULES: dict[str, str] = {
+    "architecture_removed": "vllm/model_executor/models/registry.py _VLLM_MODELS: the architecture is absent "
+                            "(MllamaForConditionalGeneration, DonutForConditionalGeneration since 0.10.2; vtune "
+                            "models 0.15-0.33)",
     "value_out_of_range": "pydantic Field bounds: vllm/config/parallel.py ParallelConfig (sizes ge=1), "
                           "vllm/config/cache.py CacheConfig (gpu_memory_utilization gt=0 le=1, block_size gt=0), "
                           f"vllm/config/scheduler.py SchedulerConfig (ge=1); {_V}",
@@ -206,6 +209,14 @@ Check = Callable[[CheckInput], list[Finding]]
 
 
 # ------------------------------------------------------------------ the checks
+def check_architecture(c: CheckInput) -> list[Finding]:
+    """An architecture vLLM no longer has (:func:`vtune._model_shape.vllm_refuses`)."""
+    from vtune._model_shape import vllm_refuses
+
+    why = vllm_refuses(c.shape)
+    return [_finding("architecture_removed", why)] if why else []
+
+
 def check_value_ranges(c: CheckInput) -> list[Finding]:
     """Values vLLM's config classes reject outright (pydantic bounds)."""
     cfg, out = c.cfg, []
@@ -455,6 +466,7 @@ def check_contradictory_flags(c: CheckInput) -> list[Finding]:
 
 #: Every pre-launch check, in the order findings are reported.
 CHECKS: tuple[Check, ...] = (
+    check_architecture,
     check_value_ranges,
     check_memory_model,
     check_batched_tokens,
