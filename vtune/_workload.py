@@ -786,6 +786,30 @@ def _parse(data: Any, source: str) -> Workload:
 # Traces
 
 
+def _json_objects(path: str | Path, label: str, fix_path: str, not_object: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(file:line, object)`` for each non-blank line of a JSONL file, read up front.
+
+    Raises:
+        VtuneError: One line naming the file (and line): unreadable, not JSON, not an object.
+    """
+    kind = label.strip() or "prompts"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise VtuneError(f"cannot read {kind} file {path}: {exc.strerror}; {fix_path}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{label}{path}:{number}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise VtuneError(f"{where}: not valid JSON ({exc.msg}); write one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise VtuneError(f"{where}: {not_object}")
+        yield where, obj
+
+
 def read_trace(path: Path, *, fmt: str = "mooncake", time_scale: float = 1.0, block_tokens: int = 512) -> TraceSpec:
     """Checks a trace file the way GuideLLM will read it, and sums it up.
 
@@ -796,24 +820,13 @@ def read_trace(path: Path, *, fmt: str = "mooncake", time_scale: float = 1.0, bl
     Raises:
         VtuneError: Naming the file and line, if the file is missing or a line is bad.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise VtuneError(f"cannot read trace file {path}: {exc.strerror}; check trace.file") from None
     stamps: list[float] = []
     longest = 0
     first_blocks: set[int] = set()
     shares = False
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"trace {path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise VtuneError(f"{where}: not valid JSON ({exc.msg}); write one JSON object per line") from None
-        if not isinstance(obj, dict):
-            raise VtuneError(f"{where}: expected a JSON object with timestamp, input_length, output_length; fix it")
+    objects = _json_objects(path, "trace ", "check trace.file",
+                            "expected a JSON object with timestamp, input_length, output_length; fix it")
+    for where, obj in objects:
         stamp = obj.get("timestamp")
         if isinstance(stamp, bool) or not isinstance(stamp, int | float) or not stamp >= 0:
             raise VtuneError(f"{where}: field 'timestamp' must be a number >= 0, got {stamp!r}; fix the line")
@@ -858,21 +871,9 @@ def read_prompts_jsonl(path: Path) -> tuple[PromptRecord, ...]:
     Raises:
         VtuneError: Naming the file and line, if the file is missing or a line is bad.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise VtuneError(f"cannot read prompts file {path}: {exc.strerror}; check the path") from None
     records: list[PromptRecord] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise VtuneError(f"{where}: not valid JSON ({exc.msg}); write one JSON object per line") from None
-        if not isinstance(obj, dict):
-            raise VtuneError(f"{where}: expected a JSON object with a 'prompt' field; fix the line")
+    for where, obj in _json_objects(path, "", "check the path", "expected a JSON object with a 'prompt' field; fix "
+                                    "the line"):
         prompt = obj.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise VtuneError(f"{where}: field 'prompt' must be a non-empty string; fix the line")
