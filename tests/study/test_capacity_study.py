@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -126,9 +127,10 @@ def _study_with_best(tmp_path: Path, best_streams: int = 32, objective: str = "c
     study.set_user_attr("vtune", {"objectives": [objective]})
     for streams, flags in ((best_streams, "--a"), (best_streams // 2, "--b")):
         cap = fake_search(streams, CapacityOptions(start_streams=streams, max_streams=1024))
+        gpus = 2 if objective != "capacity" else 1
         study.add_trial(optuna.trial.create_trial(
-            state=TrialState.COMPLETE, value=cap.requests_per_second,
-            user_attrs={"capacity": cap.to_dict(), "flags": flags, "num_gpus": 2 if objective != "capacity" else 1}))
+            state=TrialState.COMPLETE, value=cap.requests_per_second / gpus,  # the objective's value
+            user_attrs={"capacity": cap.to_dict(), "flags": flags, "num_gpus": gpus}))
     return study
 
 
@@ -149,12 +151,22 @@ def test_prune_capacity_rule(tmp_path: Path) -> None:
     assert not pruner.prune_capacity(noisy, noisy.ask(), make_probe(0, 8, False))
 
 
-def test_prune_capacity_per_gpu_compares_streams_per_gpu(tmp_path: Path) -> None:
-    study = _study_with_best(tmp_path, 32, "capacity_per_gpu")  # best: 32 streams on 2 GPUs = 16 per GPU
+def test_prune_capacity_per_gpu_compares_rates_per_gpu(tmp_path: Path) -> None:
+    study = _study_with_best(tmp_path, 32, "capacity_per_gpu")  # best: 32 streams, 16 req/s on 2 GPUs = 8 per GPU
     running = study.ask()
     pruner = NoiseAwarePruner()
     assert not pruner.prune_capacity(study, running, make_probe(0, 16, False), num_gpus=1, per_gpu=True)
-    assert pruner.prune_capacity(study, running, make_probe(0, 16, False), num_gpus=4, per_gpu=True)  # 4 per GPU
+    assert pruner.prune_capacity(study, running, make_probe(0, 16, False), num_gpus=4, per_gpu=True)  # 2 per GPU
+
+
+def test_prune_capacity_compares_rates_not_streams(tmp_path: Path) -> None:
+    """A faster configuration reaches its capacity at fewer streams: it must not be stopped for that."""
+    study = _study_with_best(tmp_path)  # best: 32 streams at 0.5 req/s each = 16 req/s
+    running, pruner = study.ask(), NoiseAwarePruner()
+    assert not pruner.prune_capacity(study, running, make_probe(0, 24, False, rps_per_stream=0.8))  # 19.2 req/s
+    assert pruner.prune_capacity(study, running, make_probe(0, 24, False, rps_per_stream=0.5))  # 12 < 16 x 0.85
+    errored = dataclasses.replace(make_probe(0, 8, False), fail_reason="errors")
+    assert not pruner.prune_capacity(study, running, errored)  # failed on errors, not the SLOs: no bound
 
 
 def test_target_rate_prefers_the_fewest_gpus(tmp_path: Path) -> None:

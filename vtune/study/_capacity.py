@@ -114,10 +114,26 @@ def mean_capacity(trials: Sequence[FrozenTrial]) -> CapacityResult | None:
         return None
     n = len(results)
     return dataclasses.replace(
-        results[-1], capacity_streams=round(sum(r.capacity_streams for r in results) / n),
+        # Rounded up: half a stream of mean capacity still serves (round() would make 0.5 streams 0).
+        results[-1], capacity_streams=math.ceil(sum(r.capacity_streams for r in results) / n),
         requests_per_second=sum(r.requests_per_second for r in results) / n,
         output_tokens_per_second=sum(r.output_tokens_per_second for r in results) / n,
         goodput_requests_per_second=sum(r.goodput_requests_per_second for r in results) / n)
+
+
+def best_capacity_value(study: optuna.Study) -> float | None:
+    """The best configuration's mean capacity objective so far (requests/s, per GPU for ``capacity_per_gpu``).
+
+    None when no configuration has measured a capacity, or the best is 0.
+    """
+    from vtune.study._selection import configurations
+
+    found = capacity_objective(_study_objectives(study))
+    if found is None:
+        return None
+    confs = configurations(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    values = [float(c.values[found[0]]) for c in confs if any(trial_capacity(t) is not None for t in c.trials)]
+    return max(values) if values and max(values) > 0 else None
 
 
 def best_capacity_streams(study: optuna.Study, *, per_gpu: bool = False) -> float | None:

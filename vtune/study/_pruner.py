@@ -83,11 +83,15 @@ class NoiseAwarePruner(BasePruner):
                        num_gpus: int = 1, per_gpu: bool = False) -> bool:
         """Whether a capacity trial should stop at ``probe``: it shows the trial cannot beat the best.
 
-        True at a failing probe whose streams lie below the best configuration's capacity
-        (the mean of its measurements, in streams; per GPU for ``capacity_per_gpu``, this
-        trial's streams then divided by ``num_gpus``) less the noise allowance (the larger
-        of ``noise_rel`` and two standard deviations of the study's measured noise, as for
-        steps): its capacity is below that probe, so below the best beyond the noise.
+        True at a probe that failed the SLOs while serving fewer requests/s than the best
+        configuration's capacity (the mean of its measurements, in the objective's unit:
+        requests/s, per GPU for ``capacity_per_gpu`` with this trial's rate divided by
+        ``num_gpus``) less the noise allowance (the larger of ``noise_rel`` and two standard
+        deviations of the study's measured noise, as for steps). In a closed loop the rate
+        served grows with the load, so the trial's capacity (a lower load that passes)
+        serves at most that probe's rate: below the best beyond the noise. Compared in
+        requests/s, not streams: a faster configuration reaches its capacity at fewer
+        streams. A probe that failed on errors rather than on the SLOs does not count.
         Passing probes never stop a trial, nor do baselines, multi-objective studies, or a
         study with fewer than ``n_startup_trials`` finished trials.
 
@@ -98,18 +102,19 @@ class NoiseAwarePruner(BasePruner):
             num_gpus: GPUs one server of the trial's configuration uses.
             per_gpu: Compare streams per GPU (a ``capacity_per_gpu`` study).
         """
-        from vtune.study._capacity import best_capacity_streams
+        from vtune.study._capacity import best_capacity_value
 
-        if probe.slo_met or len(study.directions) > 1 or trial.user_attrs.get("baseline"):
+        if probe.slo_met or probe.fail_reason != "slo" or len(study.directions) > 1 \
+                or trial.user_attrs.get("baseline"):
             return False
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         finished = [t for t in done if t.value is not None and is_feasible(t)]
         if len(finished) < self.n_startup_trials:
             return False
-        best = best_capacity_streams(study, per_gpu=per_gpu)
+        best = best_capacity_value(study)
         if best is None:
             return False
         sd = measured_noise(finished, study.user_attrs.get("remeasurements"))
         noise = max(self.noise_rel, 2 * sd) if sd is not None else self.noise_rel
-        streams = probe.streams / max(1, num_gpus) if per_gpu else float(probe.streams)
-        return streams < best * (1 - noise)
+        rate = probe.requests_per_second / max(1, num_gpus) if per_gpu else probe.requests_per_second
+        return rate < best * (1 - noise)

@@ -376,8 +376,8 @@ class _Runner:
                 trial.set_user_attr("gpu_seconds_saved", gpu_seconds_saved(
                     self.study, rec.capacity, cfg.num_gpus if gpus else 1))
                 trial.set_user_attr("reason", f"stopped after probe {probe.index + 1}: it failed the SLOs at "
-                                              f"{probe.streams} streams, below the best capacity so far less the "
-                                              "noise allowance")
+                                              f"{probe.streams} streams serving {probe.requests_per_second:.2f} "
+                                              "req/s, below the best capacity so far less the noise allowance")
                 self.progress.line(done + 1, trial.number, what, "stopped early", time.monotonic() - t0)
                 raise optuna.TrialPruned(trial.user_attrs["reason"])
             summary = objective_summary(s.objectives, values)
