@@ -202,7 +202,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if args.workload:
         from vtune._workload import load_workload
 
-        needed = load_workload(args.workload).max_model_len_hint
+        needed = load_workload(args.workload, device=args.device).max_model_len_hint  # sized for that engine
     report = validate_config(shape, cfg, gpu, num_gpus=num_gpus, needed_model_len=needed, device=args.device,
                              cpu_kv_cache_gib=args.cpu_kv_cache_gib, argv=flags, vllm_check=not args.no_vllm_check,
                              version=version)
@@ -337,6 +337,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     if args.duration_s is not None and args.duration_s <= 0:
         raise VtuneError(f"--duration-s must be > 0, got {args.duration_s}")
+    if args.objective == "capacity" and args.duration_s is not None and args.duration_s < 1:
+        raise VtuneError(f"--duration-s must be at least 1 s with --objective capacity (each probe measures that "
+                         f"long), got {args.duration_s:g}")
     rate = check_target_rate(args.target_rate)
     if rate is not None and args.objective != "capacity":
         raise VtuneError("--target-rate needs --objective capacity: the servers for a rate come from the capacity")

@@ -568,3 +568,23 @@ def test_recorded_reports_parse() -> None:
 def test_child_imports_this_checkout() -> None:
     first = probe_mod._probe_child_env()["PYTHONPATH"].split(os.pathsep)[0]
     assert (Path(first) / "vtune" / "loads" / "_capacity_probe.py").resolve() == Path(probe_mod.__file__).resolve()
+
+
+def test_a_bad_setting_closes_the_prepared_child_it_was_handed(tmp_path: Path) -> None:
+    """run_trial hands its prepared GuideLLM child over before the settings are checked: none may be left behind."""
+    from vtune._errors import VtuneError
+    from vtune._workload import load_workload
+    from vtune.loads._capacity import run_capacity_search
+
+    closed: list[bool] = []
+
+    class Prepared:
+        out_dir = tmp_path
+
+        def close(self, *, clean: bool = True) -> None:
+            closed.append(clean)
+
+    with pytest.raises(VtuneError, match="probe_s must be at least 1 s"):
+        run_capacity_search("http://127.0.0.1:1", "m", tmp_path, load_workload("chatbot"), tmp_path, probe_s=0.5,
+                            prepared=Prepared())  # type: ignore[arg-type]
+    assert closed == [True]

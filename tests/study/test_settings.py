@@ -117,3 +117,27 @@ def test_a_studys_vllm_version_is_stored_and_followed_by_whoever_loads_it(tmp_pa
         assert loaded.vllm_version == "0.19" and d.target_version() == "0.19.0"
     finally:
         d.use_vllm_version(None)
+
+
+def test_resuming_with_another_vllm_version_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    import vtune._vllm_defaults as d
+    from vtune.study._study import open_study
+
+    monkeypatch.setattr(target_mod, "resolve_target", lambda gpus=None, **kw: H200X2)
+    model = model_dir(tmp_path, LLAMA_8B)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    try:
+        first = _settings_from_args(build_parser().parse_args(
+            ["study", "--model", model, "--study", "r", "--vllm-version", "0.20", "--", "--load-format", "dummy"]))
+        open_study(first, url)
+        again = _settings_from_args(build_parser().parse_args(
+            ["study", "--model", model, "--study", "r", "--", "--load-format", "dummy"]))
+        with pytest.raises(VtuneError, match="same --vllm-version"):
+            open_study(again, url)
+    finally:
+        d.use_vllm_version(None)
+
+
+def test_capacity_probes_shorter_than_a_second_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(VtuneError, match="--duration-s must be at least 1 s with a capacity objective"):
+        build_settings(model=model_dir(tmp_path, LLAMA_8B), duration_s=0.5, target=H200X2)

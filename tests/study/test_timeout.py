@@ -64,12 +64,15 @@ def test_remeasurements_are_measurements_of_their_configuration(tmp_path: Path) 
 
     def measuring(cfg: Any, *args: Any, **kw: Any) -> Any:
         calls.append(cfg.max_num_seqs)
-        return fake_trial(cfg, *args, **kw)
+        rec = fake_trial(cfg, *args, **kw)
+        rec.total_s = 42.0
+        return rec
 
     runner = _Runner(settings, load_model_shape(settings.model), study, _Progress(2, settings.objectives, quiet=True),
                      trial_fn=measuring)
     assert remeasure(study, settings, runner).remeasured == [0]
     added = study.trials[-1]
+    assert (added.datetime_complete - added.datetime_start).total_seconds() == pytest.approx(42.0)  # for --timeout
     assert len(study.trials) == 3 and added.user_attrs["remeasure_of"] == 0 and calls == [16]
     assert added.user_attrs["flags"] == study.trials[0].user_attrs["flags"] and added.user_attrs["result"]
     assert not counts_toward_budget(added)  # beyond --n-trials
@@ -123,3 +126,21 @@ def test_the_cli_says_when_remeasurement_was_skipped_for_time(tmp_path: Path, mo
     assert "re-measurement skipped (time budget): the time left under --timeout would not cover" in out
     best = next(line for line in out.splitlines() if line.startswith("best: "))
     assert "measurement" in best and "trial" in best  # the mean and the measurements it is over
+
+
+def test_a_failed_remeasurement_is_not_a_measurement(tmp_path: Path) -> None:
+    from vtune.engines import Failure
+
+    settings = make_settings(tmp_path, name="remf")
+    settings.remeasure_top_k = 1
+    study = open_study(settings, f"sqlite:///{tmp_path / 'remf.db'}")
+    add_measurement(study, settings, 9.0, 16, 100.0)
+
+    def dying(cfg: Any, *args: Any, **kw: Any) -> Any:
+        rec = fake_trial(cfg, *args, **kw)
+        rec.failure = Failure(kind="crash", message="engine died after the load")  # the result is still there
+        return rec
+
+    runner = _Runner(settings, load_model_shape(settings.model), study, _Progress(1, settings.objectives, quiet=True),
+                     trial_fn=dying)
+    assert remeasure(study, settings, runner).remeasured == [] and len(study.trials) == 1

@@ -697,6 +697,27 @@ def _result(search: CapacitySearch, probes: list[Probe], workload: Workload, att
     )
 
 
+def _checked_search(workload: Workload, start_streams: int | None, max_streams: int | None, tolerance: float,
+                    max_probes: int, probe_s: float | None, warmup_s: float | None,
+                    attainment_target: float | None) -> tuple[CapacitySearch, float, float]:
+    """The search and its probe and warmup seconds, every setting checked (VtuneError naming the bad one)."""
+    start = (workload.load.streams or DEFAULT_START_STREAMS) if start_streams is None else start_streams
+    cap = DEFAULT_MAX_STREAMS if max_streams is None else max_streams
+    search = CapacitySearch(start_streams=start, max_streams=cap, tolerance=tolerance, max_probes=max_probes)
+    seconds = workload.step_duration_s if probe_s is None else probe_s
+    warm = workload.warmup_s if warmup_s is None else warmup_s
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 1:
+        raise VtuneError(f"probe_s must be at least 1 s, got {probe_s!r}; raise it")
+    if isinstance(warm, bool) or not isinstance(warm, int | float) or not math.isfinite(warm) or warm < 0:
+        raise VtuneError(f"warmup_s must be >= 0, got {warmup_s!r}; use 0 or more")
+    if attainment_target is not None and not (
+        isinstance(attainment_target, int | float) and not isinstance(attainment_target, bool)
+        and 0 < attainment_target < 1
+    ):
+        raise VtuneError(f"attainment_target must be in (0, 1), got {attainment_target!r}; use e.g. 0.9 or None")
+    return search, float(seconds), float(warm)
+
+
 def run_capacity_search(
     target_url: str,
     served_model: str,
@@ -748,20 +769,13 @@ def run_capacity_search(
             failed or hung.
     """
     t0 = time.monotonic()
-    start = (workload.load.streams or DEFAULT_START_STREAMS) if start_streams is None else start_streams
-    cap = DEFAULT_MAX_STREAMS if max_streams is None else max_streams
-    search = CapacitySearch(start_streams=start, max_streams=cap, tolerance=tolerance, max_probes=max_probes)
-    seconds = workload.step_duration_s if probe_s is None else probe_s
-    warm = workload.warmup_s if warmup_s is None else warmup_s
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds < 1:
-        raise VtuneError(f"probe_s must be at least 1 s, got {probe_s!r}; raise it")
-    if isinstance(warm, bool) or not isinstance(warm, int | float) or not math.isfinite(warm) or warm < 0:
-        raise VtuneError(f"warmup_s must be >= 0, got {warmup_s!r}; use 0 or more")
-    if attainment_target is not None and not (
-        isinstance(attainment_target, int | float) and not isinstance(attainment_target, bool)
-        and 0 < attainment_target < 1
-    ):
-        raise VtuneError(f"attainment_target must be in (0, 1), got {attainment_target!r}; use e.g. 0.9 or None")
+    try:
+        search, seconds, warm = _checked_search(workload, start_streams, max_streams, tolerance, max_probes,
+                                                probe_s, warmup_s, attainment_target)
+    except VtuneError:
+        if prepared is not None:
+            prepared.close()  # handed over by the caller: a bad setting must not leave its GuideLLM child behind
+        raise
     if prepared is None:
         prepared = prepare_capacity_search(target_url, tokenizer_dir, workload, out_dir)
     out = prepared.out_dir

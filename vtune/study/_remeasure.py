@@ -7,6 +7,7 @@ the whole study.
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,8 +101,8 @@ def remeasure(study: optuna.Study, settings: StudySettings, runner: _Runner, *, 
                                   cache_dir=runner.cache_dir, **extra)
         finally:
             runner.release(lease)
-        if rec.result is None or (options is not None and rec.capacity is None):
-            continue
+        if rec.result is None or rec.failure is not None or (options is not None and rec.capacity is None):
+            continue  # a failed measurement is no measurement of the configuration
         values = runner.values_of(rec, cfg)
         _add_measurement(study, settings, runner, t, rec, values)
         done[str(t.number)] = [float(t.values[0]), values[0]]
@@ -136,5 +137,8 @@ def _add_measurement(study: optuna.Study, settings: StudySettings, runner: _Runn
     constraints = None
     if of.constraints and rec.result is not None:  # a fixed-load study's SLO constraints, as its trials have
         constraints = slo_constraints(rec.result, settings.workload.slo)
-    study.add_trial(optuna.trial.create_trial(values=values, params=of.params, distributions=of.distributions,
-                                              user_attrs=user_attrs, constraints=constraints))
+    trial = optuna.trial.create_trial(values=values, params=of.params, distributions=of.distributions,
+                                      user_attrs=user_attrs, constraints=constraints)
+    if trial.datetime_complete is not None and rec.total_s:  # its wall time counts (``--timeout`` on resume)
+        trial.datetime_start = trial.datetime_complete - datetime.timedelta(seconds=float(rec.total_s))
+    study.add_trial(trial)

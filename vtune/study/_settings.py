@@ -235,6 +235,9 @@ def build_settings(
         raise VtuneError(f"--concurrency must be >= 1, got {concurrency}")
     if remeasure_top_k < 0:
         raise VtuneError(f"--remeasure must be >= 0, got {remeasure_top_k}")
+    if duration_s is not None and duration_s < 1 and any(o.is_capacity for o in objs):
+        raise VtuneError(f"--duration-s must be at least 1 s with a capacity objective (each probe measures that "
+                         f"long), got {duration_s:g}")
     rate = check_target_rate(target_rate_rps)
     if rate is not None and not any(o.is_capacity for o in objs):
         raise VtuneError("--target-rate needs a capacity objective (--objectives capacity or capacity_per_gpu): "
@@ -243,17 +246,17 @@ def build_settings(
         from vtune._names import check_name
 
         check_name(name, "--study")
+    target = target or resolve_target(gpus)
     if isinstance(workload, Workload):
         wl, wl_label = workload, workload.name
     elif isinstance(workload, str):
-        wl, wl_label = load_workload(workload), workload
+        wl, wl_label = load_workload(workload, device=target.device), workload  # sized for the target's engine
     else:
         raise VtuneError(f"--workload: give a built-in name or a file, got {type(workload).__name__}")
     if concurrency is not None:
         import dataclasses
 
         wl = dataclasses.replace(wl, load=dataclasses.replace(wl.load, streams=concurrency))
-    target = target or resolve_target(gpus)
     flags = list(fixed_flags or [])
     fixed = parse_serve_args(flags[1:] if flags[:1] == ["--"] else flags)
     model = resolve_model(model or fixed.model or None, target)

@@ -145,6 +145,11 @@ def open_study(settings: StudySettings, storage_url: str, *, heartbeat_interval_
             if old != names:
                 raise VtuneError(f"study {settings.name!r} exists with objectives {old}; use the same --objectives "
                                  "or another --study")
+            if existing.get("vllm_version") != settings.vllm_version:  # one release's accounting per study
+                was = existing.get("vllm_version") or "the installed vLLM's"
+                raise VtuneError(f"study {settings.name!r} exists planned for {was} accounting; resume it with the "
+                                 f"same --vllm-version ({existing.get('vllm_version') or 'none'}) or use another "
+                                 "--study")
         if study.metric_names != names:  # the dashboard's and the dataframes' labels ("goodput", not "Objective 0")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
