@@ -372,7 +372,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"  {label} {p} ...", flush=True)
 
-        capacity = _bench_capacity(cfg, workload, target.device) if args.objective == "capacity" else None
+        capacity = _bench_capacity(cfg, workload, target) if args.objective == "capacity" else None
         records.append(run_trial(cfg, workload, run_dir, gpus=gpus, duration_s=args.duration_s,
                                  cache_dir=root / "cache", on_phase=phase, capacity=capacity))
     if args.json:
@@ -389,15 +389,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 2 if any(r.failure for r in records) else 0
 
 
-def _bench_capacity(cfg: Any, workload: Any, device: str) -> Any:
+def _bench_capacity(cfg: Any, workload: Any, target: Any) -> Any:
     """``bench --objective capacity``'s search, as a study's first trial would run it.
 
     From the workload's streams (``--concurrency``), within the configuration's batch
-    (max-num-seqs x DP, searched up to twice that).
+    (max-num-seqs x DP, vLLM's default for this hardware when not given; searched up to
+    twice that).
     """
     from vtune._trial import CapacityOptions
+    from vtune._vllm_defaults import resolve_batch_limits
     from vtune.study._capacity import CPU_TOLERANCE, GPU_TOLERANCE, search_bounds
 
+    device = target.device
+    if cfg.max_num_seqs is None and cfg.max_model_len is not None:
+        seqs, _ = resolve_batch_limits(None, cfg.max_num_batched_tokens, max_model_len=cfg.max_model_len,
+                                       enable_chunked_prefill=cfg.enable_chunked_prefill, device=device,
+                                       gpu=target.gpu, world_size=max(1, cfg.tp) * max(1, cfg.pp))
+        cfg = cfg.replace(max_num_seqs=seqs)  # only for the bounds: the engine still runs its own default
     start, most = search_bounds(cfg, None, workload.load.streams, None,
                                 workload.prompt_tokens.mean + workload.output_tokens.mean)
     return CapacityOptions(start_streams=start, max_streams=most,
