@@ -293,6 +293,14 @@ def test_calibration_keeps_its_release():
     assert other.cudagraph_reserved_gib == 0.0 and any("calibration from vLLM 0.26.0" in n for n in other.notes)
     round_trip = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
     assert round_trip == cal
+    # After a start of another release, the next start of the new one is its first: not weighted by the old count.
+    three = Calibration(cudagraph_reserved_ratio=0.5, observations=3, cudagraph_reserved_observations=3,
+                        vllm_version="0.20.0")
+    again = three.observe(e26, obs)
+    assert again.vllm_version == "0.26.0" and again.cudagraph_reserved_observations == 1
+    assert again.cudagraph_reserved_ratio == pytest.approx(cal.cudagraph_reserved_ratio)
+    twice = again.observe(estimate_memory(MOE, cfg, H100, version="0.26.0", calibration=again), obs)
+    assert twice.cudagraph_reserved_observations == 2 and twice.observations == 5
 
 
 # ------------------------------------------------------------------------- CLI

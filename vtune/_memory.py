@@ -264,6 +264,9 @@ class Calibration:
             until observed (then the release's rule with
             :attr:`GpuConstants.cudagraph_reserved_fraction`).
         observations: Engine starts folded in.
+        cudagraph_reserved_observations: Starts of :attr:`vllm_version` behind
+            :attr:`cudagraph_reserved_ratio` (its running mean's weight; 0: as ``observations``,
+            calibrations saved before it was kept).
         vllm_version: The vLLM release of the starts folded in (``X.Y.Z``; None: not recorded).
             The reservation ratio is a rule of the release, so it is applied only to estimates
             for that release; the term scales carry over.
@@ -275,6 +278,7 @@ class Calibration:
     cudagraph_scale: float = 1.0
     cudagraph_reserved_ratio: float | None = None
     observations: int = 0
+    cudagraph_reserved_observations: int = 0
     vllm_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -322,7 +326,9 @@ class Calibration:
             # The reservation is a rule of the release: a start of another release starts it afresh.
             same = self.vllm_version in (None, predicted.vllm_version)
             prev = self.cudagraph_reserved_ratio if same else None
-            new.cudagraph_reserved_ratio = ratio if prev is None else (prev * n + ratio) / (n + 1)
+            k = (self.cudagraph_reserved_observations or n) if prev is not None else 0  # this release's starts
+            new.cudagraph_reserved_ratio = ratio if prev is None else (prev * k + ratio) / (k + 1)
+            new.cudagraph_reserved_observations = k + 1
         new.observations = n + 1
         new.vllm_version = predicted.vllm_version or self.vllm_version
         return new
