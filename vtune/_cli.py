@@ -893,7 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also prune max-num-seqs far above the KV concurrency the memory model predicts")
     p.add_argument("--remeasure", type=int, default=2, help="best configs re-measured at the end (default 2)")
     p.add_argument("--enqueue", action="append", metavar="FLAGS",
-                   help="extra configuration to try first (quoted vLLM flags); repeatable")
+                   help="extra configuration to try, right after the baselines (quoted vLLM flags); repeatable")
     p.add_argument("--seed", type=int, help="sampler seed")
     _add_version_flag(p)
     p.add_argument("--report", action="store_true", help="write the report at the end")
