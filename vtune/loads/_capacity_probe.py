@@ -35,12 +35,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from vtune._workload import LoadProfile, PromptRecord, Workload
+from vtune._workload import LoadProfile, Workload
 from vtune.engines._process import spawn_group
 from vtune.loads._base import LoadFailure
 from vtune.loads._guidellm import _Child, _child_env, _child_paths
 from vtune.loads._guidellm_child import PROTO_PREFIX as _PROTO_PREFIX
-from vtune.loads._guidellm_child import _data_args, _use_forkserver, workload_for_model
+from vtune.loads._guidellm_child import _data_args, _use_forkserver, spec_workload
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -255,10 +255,7 @@ async def _child_run(spec: dict[str, Any], proto: IO[str]) -> None:
     from guidellm.data import create_data_loader
     from guidellm.scheduler import NonDistributedEnvironment
 
-    wl = Workload.from_dict(spec["workload"])
-    if spec.get("prompts"):
-        wl = replace(wl, prompts=tuple(PromptRecord(**p) for p in spec["prompts"]))
-    wl = workload_for_model(wl, spec["tokenizer_dir"])
+    wl = spec_workload(spec)
     out_dir = Path(spec["out_dir"])
     loop = asyncio.get_running_loop()
 

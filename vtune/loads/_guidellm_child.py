@@ -279,6 +279,14 @@ async def _heartbeat(tracker: _Tracker, emit: Any, interval_s: float) -> None:
         emit(**tracker.event())
 
 
+def spec_workload(spec: dict[str, Any]) -> Workload:
+    """The workload a child's spec carries: its prompts restored, its images dropped for a text-only model."""
+    wl = Workload.from_dict(spec["workload"])
+    if spec.get("prompts"):
+        wl = replace(wl, prompts=tuple(PromptRecord(**p) for p in spec["prompts"]))
+    return workload_for_model(wl, spec["tokenizer_dir"])
+
+
 async def _child_run(spec: dict[str, Any], proto: IO[str]) -> None:
     """Runs the steps, reporting each on ``proto`` and awaiting the answer on stdin."""
     from guidellm.benchmark.benchmarker import Benchmarker
@@ -296,10 +304,7 @@ async def _child_run(spec: dict[str, Any], proto: IO[str]) -> None:
     from guidellm.data import create_data_loader
     from guidellm.scheduler import NonDistributedEnvironment
 
-    wl = Workload.from_dict(spec["workload"])
-    if spec.get("prompts"):
-        wl = replace(wl, prompts=tuple(PromptRecord(**p) for p in spec["prompts"]))
-    wl = workload_for_model(wl, spec["tokenizer_dir"])
+    wl = spec_workload(spec)
     out_dir = Path(spec["out_dir"])
     first_step = int(spec.get("first_step", 0))
     loop = asyncio.get_running_loop()
