@@ -64,6 +64,24 @@ def test_report_of_a_study_with_an_off_space_baseline(tmp_path: Path) -> None:
     assert (path.parent / "importances.png").stat().st_size
 
 
+def test_enqueued_configurations_are_compared_with_the_best(tmp_path: Path) -> None:
+    """A user's own preset (``--enqueue``) is the comparison they came for: it has its row in "Tuned vs
+    baselines" and its flags under the table (the H200 VL study left it out)."""
+    from tests.study.test_worker import fake_trial, make_settings
+    from vtune.study._study import run_study
+
+    settings = make_settings(tmp_path, name="enq", enqueue=[["--max-num-seqs", "2"]])
+    summary = run_study(settings, n_trials=5, trial_fn=fake_trial, quiet=True, export=False)
+    text = write_report("enq", storage_url=summary.storage, studies_dir=settings.studies_dir,
+                        configs_dir=settings.configs_dir).read_text()
+    section = text.split("### Tuned vs baselines", 1)[1].split("## Trials", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    assert {"memory-model-guess", "vllm-defaults", "enqueued-0"} <= set(rows)
+    assert "| measured |" in rows["enqueued-0"]
+    flags = next(line for line in section.splitlines() if line.startswith("- enqueued-0 (trial "))
+    assert "--max-num-seqs 2" in flags
+
+
 # ----------------------------------------------------------------------------- capacity studies
 
 MAKE_LANDSCAPE = Path(__file__).resolve().parent / "data" / "capacity" / "make_landscape.py"

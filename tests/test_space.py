@@ -224,3 +224,15 @@ def test_prefix_caching_is_on_when_the_workload_shares_prefixes(device: str) -> 
         dim = prefix_dim(load_workload(name, device=device))
         assert dim.enabled and dim.active and dim.choices == [True, False], name
         assert name in dim.help
+
+
+def test_a_stepped_float_is_the_steps_value_not_its_binary_sum() -> None:
+    """Optuna returns low + k x step (0.8200000000000001 on the H200 VL study); the flag must read 0.82."""
+    import optuna
+
+    from vtune._space import Dimension
+
+    dim = Dimension("gpu_memory_utilization", "float", low=0.80, high=0.95, step=0.01)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    values = [dim.suggest(study.ask()) for _ in range(200)]
+    assert all(v == round(v, 2) for v in values) and 0.82 in values

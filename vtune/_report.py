@@ -162,8 +162,9 @@ def _plots(study: optuna.Study, df: pd.DataFrame, out: Path, names: list[str], u
         ax.set_xlabel("trial number (gray: pruned)")
         ax.set_ylabel(_axis_label(names[0], units[0]))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(bottom=0)
-        ax.legend()
+        top = float(done.value.max())
+        ax.set_ylim(0, top * 1.12 if top > 0 else 1.0)  # from zero, with room above the best point
+        ax.legend(loc="lower right")
         made.append(_save(fig, out / "history.png"))
     if len(study.directions) == 2 and not done.empty:
         front = {t.number for t in best_trials(study)}
@@ -297,10 +298,13 @@ def _baselines_section(study: optuna.Study, tuned: list[FrozenTrial]) -> str:
     trials = study.get_trials(deepcopy=False)
     best_g, best_tp = (mean_result(tuned, "goodput_requests_per_second"),
                        mean_result(tuned, "output_tokens_per_second"))
+    enqueued = []
     for t in trials:
         name = t.user_attrs.get("baseline")
-        if not name or name.startswith("enqueued"):
+        if not name:
             continue
+        if name.startswith("enqueued"):  # the user's own configurations (--enqueue): say which they are
+            enqueued.append(f"- {name} (trial {t.number}): `{t.user_attrs.get('flags')}`\n")
         same = config_measurements(trials, t) if t.user_attrs.get("result") else [t]
         g, tp = mean_result(same, "goodput_requests_per_second"), mean_result(same, "output_tokens_per_second")
         state = t.state.name.lower() if t.state != TrialState.COMPLETE else "measured"
@@ -319,7 +323,8 @@ def _baselines_section(study: optuna.Study, tuned: list[FrozenTrial]) -> str:
     return (f"\n### Tuned vs baselines\n\nEach side is the mean over its configuration's measurements "
             f"(tuned: {len(tuned)}). A baseline off the search space (a value the space does not offer) is "
             f"recorded with the values it ran with and kept out of the sampler's history.\n\n"
-            + _md(pd.DataFrame(rows)))
+            + _md(pd.DataFrame(rows)) + ("\nThe configurations given with `--enqueue`:\n\n" + "".join(enqueued)
+                                         if enqueued else ""))
 
 
 # ----------------------------------------------------------------------------- capacity
@@ -540,7 +545,7 @@ def _unmeasured_baselines(study: optuna.Study, measured: set[str]) -> list[str]:
     out = []
     for t in study.get_trials(deepcopy=False):
         name = t.user_attrs.get("baseline")
-        if not name or name.startswith("enqueued") or name in measured:
+        if not name or name in measured:
             continue
         state = t.state.name.lower()
         if t.user_attrs.get("pruned_by"):

@@ -134,8 +134,10 @@ class Dimension:
             return trial.suggest_categorical(self.name, list(self.choices or []))
         if self.kind == "int":
             return trial.suggest_int(self.name, int(self.low or 0), int(self.high or 0), log=self.log)
-        return trial.suggest_float(self.name, float(self.low or 0), float(self.high or 0), log=self.log,
-                                   step=self.step)
+        value = trial.suggest_float(self.name, float(self.low or 0), float(self.high or 0), log=self.log,
+                                    step=self.step)
+        # Optuna's stepped floats are low + k x step in binary (0.8200000000000001): the flag gets the step's value
+        return round(value, 6) if self.step else value
 
     def project(self, value: Any) -> Any:
         """The nearest value inside the dimension (to enqueue a baseline's params)."""

@@ -9,6 +9,10 @@
 # same preset), and IMAGES=no is printed.
 # Usage (on the device, kit parts already in /tmp/xfer, see ../shared/gpu/README.md):
 #   bash benchmarks/gpu/vl_study.sh            # about 7-8 minutes of GPU time
+# or detached with benchmarks/gpu/vl_bg.sh (polled by poll_vl.sh). The preset is enqueued after the three
+# built-in baselines: a budget that ends after them leaves it unmeasured; run again with the same study name and
+# a larger N_TRIALS / BUDGET_S (the timeout counts the whole study) to resume. 2026-12-01:
+# benchmarks/results/vl-study-h200/ (two passes).
 # Everything lands in $OUT: vl-study.out/.err, trials.json, report/, a tarball of
 # trial records and server logs; the lead copies it to benchmarks/results/vl-study-h200/.
 set -u
@@ -17,6 +21,7 @@ MODEL=$W/models/qwen3-vl-2b
 S=$W/studies; C=$W/configs
 STUDY=vl-reasoning-h200
 BUDGET_S=${BUDGET_S:-420}          # wall time of new trials (the study stops starting trials after it)
+N_TRIALS=${N_TRIALS:-4}            # a resumed study (same name) runs only the trials it still lacks
 PRESET="--max-num-seqs 32 --max-num-batched-tokens 16384 --gpu-memory-utilization 0.95"
 FIXED=(--load-format dummy --max-model-len 40960)
 source benchmarks/gpu/kit_install.sh
@@ -34,7 +39,7 @@ python3 -m vtune estimate --model "$MODEL" --max-model-len 40960 2>&1 | tail -5
 
 run_study() {  # $1 workload, $2 study name, $3 extra args
   python3 -m vtune study --study "$2" --model "$MODEL" --workload "$1" --objectives goodput --gpus 0 \
-      --n-trials 4 --timeout "$BUDGET_S" --remeasure 0 --seed 15 --enqueue "$PRESET" --report \
+      --n-trials "$N_TRIALS" --timeout "$BUDGET_S" --remeasure 0 --seed 15 --enqueue "$PRESET" --report \
       --studies-dir "$S" --configs-dir "$C" $3 -- "${FIXED[@]}" > "$OUT/$2.out" 2> "$OUT/$2.err"
 }
 

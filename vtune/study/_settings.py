@@ -200,7 +200,7 @@ def build_settings(
         duration_s: Measured load seconds per trial (``--duration-s``; None: the workload's).
         strict_memory: Also prune max-num-seqs far above the KV concurrency (``--strict-memory``).
         remeasure_top_k: Best configurations re-measured at the end (``--remeasure``).
-        enqueue: Extra configurations tried first: each a quoted flags string or a list of flags
+        enqueue: Extra configurations, tried right after the baselines: each a quoted flags string or a list of flags
             (``--enqueue``).
         seed: Sampler seed (``--seed``).
         studies_dir: Where studies live (``--studies-dir``).
