@@ -224,3 +224,11 @@ def test_schema_bad_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert "is a folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["schema", "trial"])
+
+
+def test_help_names_every_built_in_workload() -> None:
+    """The --workload help lists the built-in workloads without importing them: it must follow configs/workloads/."""
+    from vtune._cli import _BUILTIN_WORKLOADS
+    from vtune._workload import list_workloads
+
+    assert sorted(_BUILTIN_WORKLOADS.split(", ")) == list_workloads()

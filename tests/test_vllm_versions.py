@@ -396,34 +396,3 @@ def test_check_log_on_every_kept_026_start_is_within_two_percent():
 def test_check_startup_log_asks_for_a_version_when_the_log_has_none():
     with pytest.raises(VtuneError, match="names no vLLM version"):
         check_startup_log("INFO [gpu_worker.py:1] Available KV cache memory: 1.0 GiB\n", LLAMA, path="x.log")
-
-
-# ------------------------------------------------------------------ end to end
-@pytest.mark.e2e
-def test_e2e_check_log_on_a_real_cpu_start(tmp_path):
-    """A real vLLM CPU engine (the installed release) starts the tiny model; ``--check-log`` on its log finds the
-    release it ran, the configuration it was given and the KV cache size and concurrency it logged."""
-    from vtune._hardware import cpu_cores
-    from vtune._model_shape import load_model_shape
-    from vtune._tiny_model import build_tiny_model
-    from vtune.engines._launcher import installed_vllm_version
-    from vtune.engines._vllm import VllmServer
-
-    if installed_vllm_version() is None:
-        pytest.skip("vLLM is not installed")
-    model = build_tiny_model()
-    cfg = ServeConfig(model=str(model), load_format="dummy", dtype="float32", enforce_eager=True, max_model_len=2048,
-                      max_num_seqs=16, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
-    log = tmp_path / "server.log"
-    server = VllmServer(cfg, log_path=log, cpu_cores=cpu_cores(), cache_dir=tmp_path / "cache", startup_timeout_s=600)
-    server.start()
-    try:
-        server.wait_ready()
-    finally:
-        server.stop()
-    check = check_startup_log(log.read_text(errors="replace"), load_model_shape(model), path=str(log))
-    assert check.vllm_version == parse_version(installed_vllm_version() or "")
-    assert check.device == "cpu" and check.config.max_num_seqs == 16 and check.config.max_model_len == 2048
-    assert check.row("kv_cache_gib").logged == 1.0
-    for key in ("kv_cache_tokens", "max_concurrency"):
-        assert check.row(key).diff_pct == pytest.approx(0.0, abs=1e-9), key

@@ -20,6 +20,9 @@ from typing import Any
 from vtune._errors import VtuneError
 from vtune._names import check_name
 
+#: The built-in workloads (configs/workloads/), for help texts without importing the workload module.
+_BUILTIN_WORKLOADS = "chatbot, rag, multimodal, reasoning, replay, batch, interactive, long-context"
+
 DESCRIPTION = (
     "vtune finds the best vLLM serving configuration for a model, GPUs and workload by measuring it: "
     "an Optuna study launches real `vllm serve` engines and drives them with GuideLLM load."
@@ -838,8 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "load, print throughput, latency percentiles and goodput (or, with --objective "
                                    "capacity, the highest load meeting the SLOs). Exit 2 on failure.")
     p.add_argument("--model", help="local model directory (default on a machine with no GPU: the built-in model)")
-    p.add_argument("--workload", default="chatbot", help="built-in name (chatbot, batch, interactive, "
-                   "long-context, reasoning), a workload YAML, or a JSONL file of prompts")
+    p.add_argument("--workload", default="chatbot", help=f"built-in name ({_BUILTIN_WORKLOADS}), a workload "
+                   "YAML, or a JSONL file of prompts")
     p.add_argument("--duration-s", type=float, help="measured seconds of load (default: the workload's)")
     p.add_argument("--gpus", help="GPU indices to use, e.g. 0,1 (default: all found)")
     p.add_argument("--compare", action="append", metavar="FLAGS",
@@ -868,8 +871,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Re-running the same command resumes the study.",
                        epilog=_STOP_EPILOG)
     p.add_argument("--model", help="local model directory or hub id (default without GPU: the built-in model)")
-    p.add_argument("--workload", default="chatbot", help="chatbot, batch, interactive, long-context, reasoning, "
-                   "or a workload YAML / JSONL file")
+    p.add_argument("--workload", default="chatbot", help=f"built-in name ({_BUILTIN_WORKLOADS}), or a "
+                   "workload YAML / JSONL file")
     _add_study_location(p, required=False)
     p.add_argument("--n-trials", type=int, default=10, help="trials in all, resumed ones included (default 10)")
     p.add_argument("--timeout", help="wall-time budget in all, e.g. 3600, 90m, 2h")

@@ -72,6 +72,27 @@ def test_e2e_bench_calibration_equals_the_log(chatbot_run):
     assert cal["max_model_len"] == 2048 and cal["device"] == "cpu"
 
 
+def test_e2e_multi_turn_chat_resends_history_and_hits_the_prefix_cache(chatbot_run):
+    """The built-in chatbot is a 3-turn chat over shared system prompts (vLLM's default prefix caching on)."""
+    from vtune.loads._guidellm_report import read_guidellm_report
+
+    proc, run_dir = chatbot_run
+    out = json.loads(proc.stdout)
+    wl = load_workload("chatbot")
+    assert wl.turns == 3 and wl.shared_prefix is not None
+    # later turns carry the history: prompts longer than a first turn can be
+    first_turn_max = wl.shared_prefix.tokens + wl.prompt_tokens.max + 2 * 16
+    prompts = [r.prompt_tokens for path in sorted((run_dir / "load").glob("guidellm-step-*.json"))
+               for bench in read_guidellm_report(path) for r in bench.requests
+               if r.status == "successful" and r.prompt_tokens]
+    assert prompts and max(prompts) > first_turn_max, prompts
+    # system prompts and histories come back from the prefix cache
+    assert out["prefix_cache_hit_rate"] is not None and out["prefix_cache_hit_rate"] > 0.2, out["metrics"]
+    record = json.loads((run_dir / "trial.json").read_text())
+    assert record["result"]["prefix_cache_hit_rate"] == pytest.approx(out["prefix_cache_hit_rate"])
+    assert "/v1/chat/completions" in (run_dir / "server.log").read_text()
+
+
 def test_e2e_bench_compare_max_num_seqs_2_vs_32(model, tmp_path):
     proc = vtune("bench", "--model", str(model), "--workload", "chatbot", "--duration-s", "15", "--json",
                  "--run-dir", str(tmp_path), "--compare", "--max-num-seqs 2 --max-num-batched-tokens 256",

@@ -473,7 +473,7 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """One real engine for the tests of a class (at most one of ours runs at a time)."""
     work = tmp_path_factory.mktemp("e2e-serve")
     server = VllmServer(
-        tiny_config(tiny_model),
+        tiny_config(tiny_model, max_num_seqs=16),
         log_path=work / "trial.log",
         cpu_cores=cpu_cores(),
         cache_dir=work / "cache",
@@ -489,7 +489,9 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 @pytest.mark.e2e
 class TestE2EServer:
-    """Start, readiness numbers, metrics under load and teardown of one real CPU engine."""
+    """One real CPU engine for every test that needs only a running engine, in this order: start and readiness
+    numbers, ``--check-log`` on its startup log, metrics under load, a GuideLLM load through
+    :func:`vtune.loads.run_load`, teardown (each engine start costs about 30 s of CI on 2 cores)."""
 
     def test_e2e_ready_with_startup_numbers(self, served: VllmServer, tiny_model: Path) -> None:
         print(f"tiny model ready in {served.start_s:.1f} s; startup numbers {served.startup}")
@@ -525,6 +527,61 @@ class TestE2EServer:
         assert summary["kv_cache_usage_max"] > 0
         assert summary["generation_tokens_delta"] >= 32
         assert summary["num_preemptions_delta"] == 0
+
+    def test_e2e_check_log_on_a_real_cpu_start(self, served: VllmServer, tiny_model: Path) -> None:
+        """``--check-log`` on the engine's startup log finds the release it ran, the configuration it was given
+        and the KV cache size and concurrency it logged."""
+        from vtune._check_log import check_startup_log
+        from vtune._model_shape import load_model_shape
+        from vtune._vllm_versions import parse_version
+
+        log = served.log_path
+        check = check_startup_log(log.read_text(errors="replace"), load_model_shape(tiny_model), path=str(log))
+        assert check.vllm_version == parse_version(installed_vllm_version() or "")
+        assert check.device == "cpu" and check.config.max_num_seqs == 16 and check.config.max_model_len == 2048
+        assert check.row("kv_cache_gib").logged == 1.0
+        for key in ("kv_cache_tokens", "max_concurrency"):
+            assert check.row(key).diff_pct == pytest.approx(0.0, abs=1e-9), key
+
+    def test_e2e_load_chatbot(self, served: VllmServer, tmp_path: Path) -> None:
+        """Real GuideLLM steps of the chatbot workload against the engine: two steps, each reported."""
+        from dataclasses import replace
+
+        from vtune._workload import load_workload
+        from vtune.loads._guidellm import StepResult, run_load
+
+        seen: list[int] = []
+
+        def on_step(index: int, step: StepResult) -> bool:
+            seen.append(index)
+            assert step.step.successful_requests > 0
+            return True
+
+        workload = replace(load_workload("chatbot"), steps=2, warmup_s=2.0)
+        res = run_load(served.url, served.served_model_name or "", Path(served.config.model), workload,
+                       tmp_path / "load", duration_s=20, on_step=on_step)
+        print(f"\ne2e: startup {res.startup_s:.1f} s, wall {res.wall_s:.1f} s")
+        for s in res.steps:
+            t = s.step
+            print(f"e2e: step {s.index}: {t.output_tokens_per_second:.0f} out tok/s, {t.requests_per_second:.2f} "
+                  f"req/s, goodput {t.goodput_requests_per_second:.2f}/s, TTFT p50/p90/p99 {t.ttft_ms.p50:.0f}/"
+                  f"{t.ttft_ms.p90:.0f}/{t.ttft_ms.p99:.0f} ms, ITL p50 {t.itl_ms.p50:.1f} ms, gap {s.gap_s} s, "
+                  f"vtune {1000 * s.vtune_overhead_s:.1f} ms")
+        r = res.result
+        assert seen == [0, 1]
+        assert res.stopped_early is False
+        assert r.steps == 2
+        assert r.duration_s == pytest.approx(20, rel=0.1)
+        assert r.output_tokens_per_second > 0 and r.requests_per_second > 0 and r.successful_requests > 0
+        assert r.errored_requests == 0
+        assert 0 <= r.goodput_requests_per_second <= r.requests_per_second
+        assert 0.0 <= r.slo_attainment <= 1.0
+        for p in (r.ttft_ms, r.itl_ms, r.tpot_ms, r.e2e_latency_ms):
+            assert 0 < p.p50 <= p.p90 <= p.p99
+        assert len(res.report_paths) == 2
+        for path in res.report_paths:
+            assert json.loads(path.read_text())["benchmarks"]
+        assert res.result_path.is_file()
 
     def test_e2e_stop_leaves_nothing(self, served: VllmServer) -> None:
         port = served.port

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -419,152 +417,7 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-# --- End to end: a real vLLM CPU server and real GuideLLM ---------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _tail(path: Path, n: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return "(no log)"
-
-
-@pytest.mark.e2e
-def test_e2e_load_chatbot(tmp_path: Path) -> None:
-    from vtune._tiny_model import build_tiny_model
-
-    model_dir = build_tiny_model(tmp_path / "models" / "tiny-llama")
-    scratch = tmp_path / "vllm"
-    env = dict(os.environ)
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        VLLM_NO_USAGE_STATS="1",
-        VLLM_CPU_KVCACHE_SPACE="1",
-        VLLM_CACHE_ROOT=str(scratch / "vllm-cache"),
-        TORCHINDUCTOR_CACHE_DIR=str(scratch / "inductor"),
-        TMPDIR=str(scratch / "tmp"),
-        XDG_CACHE_HOME=str(scratch / "xdg"),
-    )
-    (scratch / "tmp").mkdir(parents=True)
-    port = _free_port()
-    log_path = tmp_path / "vllm.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model_dir),
-        "--served-model-name",
-        "tiny-llama",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--max-model-len",
-        "2048",
-    ]
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 400
-        while True:
-            assert server.poll() is None, f"vLLM exited with {server.returncode}:\n{_tail(log_path)}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"vLLM not ready:\n{_tail(log_path)}"
-            time.sleep(1.0)
-
-        seen: list[int] = []
-
-        def on_step(index: int, step: StepResult) -> bool:
-            seen.append(index)
-            assert step.step.successful_requests > 0
-            return True
-
-        workload = replace(load_workload("chatbot"), steps=2, warmup_s=2.0)
-        res = run_load(
-            f"http://127.0.0.1:{port}",
-            "tiny-llama",
-            model_dir,
-            workload,
-            tmp_path / "load",
-            duration_s=20,
-            on_step=on_step,
-        )
-        print(f"\ne2e: startup {res.startup_s:.1f} s, wall {res.wall_s:.1f} s")
-        for s in [*res.steps]:
-            t = s.step
-            print(
-                f"e2e: step {s.index}: {t.output_tokens_per_second:.0f} out tok/s, {t.requests_per_second:.2f} req/s, "
-                f"goodput {t.goodput_requests_per_second:.2f}/s, TTFT p50/p90/p99 {t.ttft_ms.p50:.0f}/"
-                f"{t.ttft_ms.p90:.0f}/{t.ttft_ms.p99:.0f} ms, ITL p50 {t.itl_ms.p50:.1f} ms, "
-                f"gap {s.gap_s} s, vtune {1000 * s.vtune_overhead_s:.1f} ms"
-            )
-        r = res.result
-        assert seen == [0, 1]
-        assert res.stopped_early is False
-        assert r.steps == 2
-        assert r.duration_s == pytest.approx(20, rel=0.1)
-        assert r.output_tokens_per_second > 0
-        assert r.requests_per_second > 0
-        assert r.successful_requests > 0
-        assert r.errored_requests == 0
-        assert 0 <= r.goodput_requests_per_second <= r.requests_per_second
-        assert 0.0 <= r.slo_attainment <= 1.0
-        for p in (r.ttft_ms, r.itl_ms, r.tpot_ms, r.e2e_latency_ms):
-            assert 0 < p.p50 <= p.p90 <= p.p99
-        assert len(res.report_paths) == 2
-        for path in res.report_paths:
-            assert json.loads(path.read_text())["benchmarks"]
-        assert res.result_path.is_file()
-        assert all(s.vtune_overhead_s < 2.0 for s in res.steps)
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        server.wait(timeout=30)
-    deadline = time.monotonic() + 30
-    while _port_in_use(port) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not _port_in_use(port)
-    deadline = time.monotonic() + 30
-    while _group_alive(server.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)  # killed members may linger a moment before they are reaped
-    assert not _group_alive(server.pid)
+# (GuideLLM against a real engine: tests/engines/test_vllm.py::TestE2EServer::test_e2e_load_chatbot)
 
 
 def test_prepared_child_is_cancelled_cleanly(fake_child: list[str], tmp_path: Path, tokenizer_dir: Path) -> None:

@@ -1,9 +1,11 @@
 """End-to-end: a capacity study (the default objective) on the real vLLM CPU engine, real GuideLLM probes.
 
-Five trials: the three baselines and two enqueued configurations, ``--max-num-seqs 2`` and
-``--max-num-seqs 32``. Short probes (``--duration-s 4`` measured seconds after a 1 s warmup, the
-workload file below) keep each search to about 30-40 s; the engine starts (60-120 s each on a
-loaded 2-core machine) dominate: about 10 minutes in all.
+Four trials: the three baselines (vLLM's defaults on the CPU engine: max-num-seqs 128) and one
+enqueued configuration, ``--max-num-seqs 2``. Short probes (``--duration-s 4`` measured seconds
+after a 1 s warmup, the workload file below) keep each search to about 30-40 s; the engine starts
+dominate: about 5 minutes in all. This is also the end-to-end test of the capacity search itself
+(``vtune.loads.run_capacity_search`` with its GuideLLM child prepared during the engine's start):
+every probe's record, raw report and the saved result are checked on the trials' folders.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         text = text.replace(old, new)
     (d / "chatbot-short.yaml").write_text(text)
     cmd = [sys.executable, "-m", "vtune", "study", "--study", NAME, "--workload", str(d / "chatbot-short.yaml"),
-           "--n-trials", "5", "--max-concurrent-trials", "1", "--duration-s", "4", "--remeasure", "0", "--seed", "1",
-           "--enqueue", "--max-num-seqs 2", "--enqueue", "--max-num-seqs 32", "--target-rate", str(TARGET_RPS)]
+           "--n-trials", "4", "--max-concurrent-trials", "1", "--duration-s", "4", "--remeasure", "0", "--seed", "1",
+           "--enqueue", "--max-num-seqs 2", "--target-rate", str(TARGET_RPS)]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=d, capture_output=True, text=True, timeout=1800, env=ENV)
     (d / "study.out").write_text(f"wall {time.monotonic() - t0:.0f} s\n" + proc.stdout + proc.stderr)
@@ -61,9 +63,30 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+def _check_search_records(cap: dict, run_dir: Path) -> None:
+    """One trial's capacity search as recorded: probes in order, one raw GuideLLM report each, the saved result."""
+    from vtune.loads._capacity import read_capacity_result
+
+    probes = cap["probes"]
+    assert [p["index"] for p in probes] == list(range(len(probes)))
+    assert len({p["streams"] for p in probes}) == len(probes)  # no level probed twice
+    reports = sorted((run_dir / "capacity").glob("capacity-probe-*.json"))
+    assert [Path(p["report_path"]).name for p in probes] == [r.name for r in reports]
+    for probe in probes:
+        assert probe["seconds"] == pytest.approx(4.0, abs=1.0)  # --duration-s 4 a probe
+        # a probe's window may end before any of its requests does (4 s against a loaded 2-core machine)
+        assert probe["requests"] + probe["errored_requests"] + probe["incomplete_requests"] > 0
+        assert probe["errored_requests"] == 0
+        assert 0.0 <= probe["slo_attainment"] <= 1.0
+    saved = read_capacity_result(run_dir / "capacity" / "capacity_result.json")
+    assert [p.streams for p in saved.probes] == [p["streams"] for p in probes]
+    assert saved.capacity_streams == cap["capacity_streams"]
+    assert json.loads((run_dir / "capacity" / "capacity_result.json").read_text())["schema_version"] == 1
+
+
 def test_e2e_capacity_study_records_probes_and_capacities(workdir: Path) -> None:
     trials = attrs(workdir)
-    assert len(trials) == 5
+    assert len(trials) == 4
     by_name = {a.get("baseline"): (state, a) for state, a in trials.values()}
     for state, a in trials.values():
         assert state == "COMPLETE", (state, a.get("failure"))
@@ -71,10 +94,15 @@ def test_e2e_capacity_study_records_probes_and_capacities(workdir: Path) -> None
         assert cap["probes"] and a["num_gpus"] == 1
         saved = json.loads((Path(a["run_dir"]) / "trial.json").read_text())
         assert [p["streams"] for p in saved["capacity"]["probes"]] == [p["streams"] for p in cap["probes"]]
-        assert len(list((Path(a["run_dir"]) / "capacity").glob("capacity-probe-*.json"))) == len(cap["probes"])
-    small, large = by_name["enqueued-0"][1]["capacity"], by_name["enqueued-1"][1]["capacity"]
+        _check_search_records(cap, Path(a["run_dir"]))
+    small = by_name["enqueued-0"][1]["capacity"]
     assert small["start_streams"] <= 2 and small["max_streams"] == 4  # clamped by max-num-seqs 2 (x 2)
+    large = max((a["capacity"] for name, (_, a) in by_name.items() if name != "enqueued-0"),
+                key=lambda c: c["capacity_streams"])
     assert large["capacity_streams"] > 0 and large["requests_per_second"] > 0  # a sound configuration
+    assert large["bounded_by"] in ("slo", "errors")  # converged on a failing probe, not on the cap
+    at = next(p for p in large["probes"] if p["streams"] == large["capacity_streams"])
+    assert at["slo_met"] and at["slo_observed_ms"]["ttft_ms"] <= 1000.0  # the SLO holds at capacity
     assert large["capacity_streams"] > small["capacity_streams"]
     # (not its requests/s: the 2 cores are the bottleneck, both served about 2.2 req/s, 12 vs 2 streams measured)
     out = (workdir / "study.out").read_text()
