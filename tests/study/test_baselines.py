@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,8 @@ def ran_with(name: str, cfg: ServeConfig):
 
 
 def same_value(param, value) -> bool:
+    if isinstance(param, float) and isinstance(value, float):  # a stepped float runs as its step's value:
+        return math.isclose(param, value, rel_tol=0.0, abs_tol=1e-9)  # Optuna stores 0.8200000000000001
     return str(param) == value if isinstance(value, str) and not isinstance(param, str) else param == value
 
 
