@@ -50,7 +50,7 @@ from vtune._errors import VtuneError  # noqa: E402
 
 SCHEMA_VERSION = 1
 #: The CPU engine's default configurations: a starved one and a roomy one (the capacity study's e2e test,
-#: tests/study/test_e2e_capacity_study.py, compares max-num-seqs 2 with the baselines).
+#: tests/study/test_e2e_study.py, compares max-num-seqs 2 with the baselines).
 CPU_CONFIGS = ("--max-num-seqs 2 --max-num-batched-tokens 256", "--max-num-seqs 32 --max-num-batched-tokens 2048")
 CPU_FLAGS = ["--enforce-eager", "--dtype", "float32", "--max-model-len", "512", "VLLM_CPU_KVCACHE_SPACE=1"]
 FIELDS = {
