@@ -29,6 +29,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.study.test_e2e_reliability import trials as trials_with_attrs
 from vtune.engines._vllm import find_free_port
 
 pytestmark = pytest.mark.e2e
@@ -111,16 +112,7 @@ def engines(workdir: Path) -> list[psutil.Process]:
 
 def all_attrs(workdir: Path) -> dict[int, tuple[str, dict]]:
     """Every trial's state and user attributes, from the study's SQLite file."""
-    db = sqlite3.connect(workdir / "studies" / f"{NAME}.db")
-    try:
-        out = {}
-        for number, state in db.execute("select number, state from trials order by number"):
-            rows = db.execute("select a.key, a.value_json from trial_user_attributes a join trials t on "
-                              "a.trial_id = t.trial_id where t.number = ?", (number,)).fetchall()
-            out[number] = (state, {k: json.loads(v) for k, v in rows})
-        return out
-    finally:
-        db.close()
+    return trials_with_attrs(workdir / "studies" / f"{NAME}.db")
 
 
 @pytest.fixture(scope="module")
