@@ -491,7 +491,7 @@ def served(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 class TestE2EServer:
     """One real CPU engine for every test that needs only a running engine, in this order: start and readiness
     numbers, ``--check-log`` on its startup log, metrics under load, a GuideLLM load through
-    :func:`vtune.loads.run_load`, teardown (each engine start costs about 30 s of CI on 2 cores)."""
+    :func:`vtune.loads.run_load`, teardown (each engine start costs 35-45 s of CI on 2 cores)."""
 
     def test_e2e_ready_with_startup_numbers(self, served: VllmServer, tiny_model: Path) -> None:
         print(f"tiny model ready in {served.start_s:.1f} s; startup numbers {served.startup}")
