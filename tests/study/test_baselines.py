@@ -77,7 +77,10 @@ def same_value(param, value) -> bool:
 
 
 @pytest.mark.parametrize("device", ["gpu", "cpu"])
-def test_no_trial_carries_parameters_it_did_not_run_with(tmp_path: Path, device: str) -> None:
+def test_no_trial_carries_parameters_it_did_not_run_with(tmp_path: Path, device: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
     import optuna
     from optuna.trial import TrialState
 
@@ -99,7 +102,8 @@ def test_no_trial_carries_parameters_it_did_not_run_with(tmp_path: Path, device:
                                    cpu_cores=len(target.cpu_cores))
     # Beyond the 3 baselines and TPE's 4 random startup trials: TPE models the history, which
     # would raise on a parameter outside the space's choices if an off-space trial were in it.
-    summary = run_study(settings, n_trials=10, trial_fn=fake_trial, quiet=True, export=False)
+    summary = run_study(settings, n_trials=10, trial_fn=fake_trial, quiet=False, export=False)
+    printed = capsys.readouterr()
     study = optuna.load_study(study_name="w", storage=make_storage(summary.storage, heartbeat=False))
     trials = study.get_trials()
     assert [t.state for t in trials].count(TrialState.FAIL) == 0
@@ -129,6 +133,10 @@ def test_no_trial_carries_parameters_it_did_not_run_with(tmp_path: Path, device:
         assert set(preset.user_attrs["off_space"]) == {"max_num_seqs"}
     for b in baselines.values():
         assert ServeConfig.from_dict(b.user_attrs["config"]).to_flags_line() == b.user_attrs["flags"]
+    # A stepped float reads as its step's value in the flags and the progress lines (not 0.8200000000000001).
+    long_float = re.compile(r"\d\.\d{7,}")
+    assert not [t.user_attrs["flags"] for t in trials if long_float.search(t.user_attrs["flags"])]
+    assert not long_float.findall(printed.out + printed.err)
 
 
 def test_the_sampler_learns_only_from_trials_inside_the_space() -> None:

@@ -255,7 +255,8 @@ class _Runner:
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("flags", cfg.to_flags_line())
         trial.set_user_attr("num_gpus", cfg.num_gpus)
-        what = baseline or " ".join(f"{k}={v}" for k, v in trial.params.items())
+        what = baseline or " ".join(f"{k}={round(v, 6) if isinstance(v, float) else v}"  # a stepped float: 0.82
+                                    for k, v in trial.params.items())
         done = count_done(self.study)
         reused = self._reuse(trial, cfg)
         if reused is not None:
