@@ -52,7 +52,7 @@ from vtune._model_shape import ModelShape
 from vtune._serve_config import _BOOL_FIELDS, _FIELD_TYPES, ServeConfig
 from vtune._workload import Workload
 
-__all__ = ["SCHEMA_VERSION", "Dimension", "DimensionSpec", "SearchSpace", "SpaceFile", "default_space",
+__all__ = ["SCHEMA_VERSION", "Dimension", "DimensionSpec", "SearchSpace", "SpaceFile", "default_space", "param_value",
            "layout_name", "parse_layout", "space_json_schema"]
 
 SCHEMA_VERSION = 1
@@ -136,8 +136,7 @@ class Dimension:
             return trial.suggest_int(self.name, int(self.low or 0), int(self.high or 0), log=self.log)
         value = trial.suggest_float(self.name, float(self.low or 0), float(self.high or 0), log=self.log,
                                     step=self.step)
-        # Optuna's stepped floats are low + k x step in binary (0.8200000000000001): the flag gets the step's value
-        return round(value, 6) if self.step else value
+        return param_value(value) if self.step else value
 
     def project(self, value: Any) -> Any:
         """The nearest value inside the dimension (to enqueue a baseline's params)."""
@@ -155,8 +154,17 @@ class Dimension:
             return int(round(v))
         if self.step:
             v = lo + round((v - lo) / self.step) * self.step
-            v = round(min(v, hi), 6)
+            v = param_value(min(v, hi))
         return v
+
+
+def param_value(value: Any) -> Any:
+    """A parameter as it is run and shown: a float to 6 decimals, anything else as it is.
+
+    Optuna's stepped floats are ``low + k x step`` in binary (0.8200000000000001); the flag and the
+    progress line get the step's value (0.82).
+    """
+    return round(value, 6) if isinstance(value, float) else value
 
 
 @dataclass

@@ -74,7 +74,7 @@ def test_e2e_bench_calibration_equals_the_log(chatbot_run):
 
 def test_e2e_multi_turn_chat_resends_history_and_hits_the_prefix_cache(chatbot_run):
     """The built-in chatbot is a 3-turn chat over shared system prompts (vLLM's default prefix caching on)."""
-    from vtune.loads._guidellm_report import read_guidellm_report
+    from tests.loads.test_e2e_workloads import _requests
 
     proc, run_dir = chatbot_run
     out = json.loads(proc.stdout)
@@ -82,9 +82,7 @@ def test_e2e_multi_turn_chat_resends_history_and_hits_the_prefix_cache(chatbot_r
     assert wl.turns == 3 and wl.shared_prefix is not None
     # later turns carry the history: prompts longer than a first turn can be
     first_turn_max = wl.shared_prefix.tokens + wl.prompt_tokens.max + 2 * 16
-    prompts = [r.prompt_tokens for path in sorted((run_dir / "load").glob("guidellm-step-*.json"))
-               for bench in read_guidellm_report(path) for r in bench.requests
-               if r.status == "successful" and r.prompt_tokens]
+    prompts = [r.prompt_tokens for r in _requests(run_dir) if r.status == "successful" and r.prompt_tokens]
     assert prompts and max(prompts) > first_turn_max, prompts
     # system prompts and histories come back from the prefix cache
     assert out["prefix_cache_hit_rate"] is not None and out["prefix_cache_hit_rate"] > 0.2, out["metrics"]

@@ -30,7 +30,7 @@ from vtune._memory import Calibration, estimate_memory
 from vtune._model_shape import ModelShape
 from vtune._objectives import Objective, measures_capacity, objective_summary, objective_values, slo_constraints
 from vtune._serve_config import ServeConfig
-from vtune._space import layout_name
+from vtune._space import layout_name, param_value
 from vtune._trial import CapacityOptions, TrialRecord, run_trial
 from vtune.study._baselines import suggest_baseline
 from vtune.study._budget import BUDGET_STATES, LOAD_FAILURES, counts_toward_budget
@@ -255,8 +255,7 @@ class _Runner:
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("flags", cfg.to_flags_line())
         trial.set_user_attr("num_gpus", cfg.num_gpus)
-        what = baseline or " ".join(f"{k}={round(v, 6) if isinstance(v, float) else v}"  # a stepped float: 0.82
-                                    for k, v in trial.params.items())
+        what = baseline or " ".join(f"{k}={param_value(v)}" for k, v in trial.params.items())
         done = count_done(self.study)
         reused = self._reuse(trial, cfg)
         if reused is not None:
